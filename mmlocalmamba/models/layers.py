@@ -1,0 +1,110 @@
+"""Building blocks shared by the LocalMamba backbones."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.scan_orders import ALL_DIRECTIONS, direction_lists
+
+__all__ = ['BiAttn', 'MultiScan', 'resolve_directions']
+
+
+class BiAttn(nn.Module):
+    """SCAttn of the paper (channel branch only, as in the released models).
+
+    ``out = x * sigmoid(W2 GELU(W1 mean_tokens(LayerNorm(x))))``: the gate is computed from the
+    normalised tokens and applied to the un-normalised ones.
+
+    Args:
+        in_channels (int): channels C.
+        act_ratio (float): width of the bottleneck is ``int(C * act_ratio)``. Default: 0.125.
+
+    Shapes: (B, L, C) -> (B, L, C).
+    """
+
+    def __init__(self, in_channels: int, act_ratio: float = 0.125):
+        super().__init__()
+        reduce_channels = int(in_channels * act_ratio)
+        self.norm = nn.LayerNorm(in_channels)
+        self.global_reduce = nn.Linear(in_channels, reduce_channels)
+        self.act_fn = nn.GELU()
+        self.channel_select = nn.Linear(reduce_channels, in_channels)
+        self.gate_fn = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.norm(x).mean(dim=1, keepdim=True)
+        gate = self.gate_fn(self.channel_select(self.act_fn(self.global_reduce(pooled))))
+        return x * gate
+
+
+class MultiScan(nn.Module):
+    """Merge of the per-direction scan outputs of one layer.
+
+    Normal layers: ``out = sum_k attn(y_k)``. Search (supernet) layers hold learnable
+    architecture weights ``weights`` (K, 1, 1, 1) and compute
+    ``out = sum_k softmax(weights)_k * LayerNorm_k(attn(y_k))`` with non-affine LayerNorms.
+
+    Args:
+        directions (Sequence[str]): the layer's directions (K of them).
+        channels (int): channels of the scan outputs.
+        search (bool): supernet layer with architecture weights. Default: False.
+        with_attn (bool): own the shared :class:`BiAttn` (LocalVMamba). LocalVim keeps its
+            ``attn`` on the mixer and passes it to :meth:`merge`. Default: True.
+    """
+
+    def __init__(self, directions: Sequence[str], channels: int, search: bool = False,
+                 with_attn: bool = True):
+        super().__init__()
+        self.directions = tuple(directions)
+        self.search = search
+        if search:
+            self.weights = nn.Parameter(1e-3 * torch.randn(len(self.directions), 1, 1, 1))
+        if with_attn:
+            self.attn = BiAttn(channels)
+
+    def merge(self, ys, attn: Optional[nn.Module] = None) -> torch.Tensor:
+        """Merge K outputs.
+
+        Args:
+            ys: (B, K, L, C) tensor or a sequence of K (B, L, C) tensors, row-major tokens.
+            attn: the BiAttn to use (defaults to ``self.attn``).
+
+        Returns:
+            (B, L, C).
+        """
+        attn = self.attn if attn is None else attn
+        if isinstance(ys, torch.Tensor):
+            ys = ys.unbind(1)
+        if not self.search:
+            out = attn(ys[0])
+            for y in ys[1:]:
+                out = out + attn(y)
+            return out
+        probs = torch.softmax(self.weights, dim=0)
+        out = 0
+        for k, y in enumerate(ys):
+            y = attn(y)
+            out = out + probs[k] * F.layer_norm(y, y.shape[-1:], eps=1e-5)
+        return out
+
+    def arch_probs(self) -> torch.Tensor:
+        """Softmax of the architecture weights, (K,) (search layers only)."""
+        return torch.softmax(self.weights.detach().flatten(), dim=0)
+
+    def extra_repr(self) -> str:
+        return f'directions={list(self.directions)}, search={self.search}'
+
+
+def resolve_directions(directions, num_layers: int, candidates: Sequence[str] = ALL_DIRECTIONS):
+    """Per-layer direction tuples and whether each layer is a search layer.
+
+    ``directions=None`` makes every layer a supernet layer over ``candidates``.
+
+    Returns:
+        (list of tuples of names, list of bools)
+    """
+    if directions is None:
+        cands = direction_lists([list(candidates)], 1)[0]
+        return [cands] * num_layers, [True] * num_layers
+    return direction_lists(directions, num_layers), [False] * num_layers

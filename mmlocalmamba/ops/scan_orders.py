@@ -1,0 +1,245 @@
+"""Scan orders of LocalMamba: the 1-D sequences a 2-D token grid is read in.
+
+A direction turns a token grid of ``H x W`` (flat row-major index ``p = h * W + w``) into a
+sequence of length ``L`` and back. Every direction is described by two integer tables:
+
+* ``gather`` (``L``,): ``seq[t] = x[gather[t]]``; the value ``H * W`` (one past the last token)
+  means "a zero padding token".
+* ``inverse`` (``H * W``,): ``out[p] = seq[inverse[p]]`` brings scan outputs back to row-major
+  order (outputs at padding positions are dropped).
+
+Directions (the names of the official code):
+
+* ``h`` / ``h_flip``: row-major, and its reverse.
+* ``v`` / ``v_flip``: column-major, and its reverse.
+* ``wK`` / ``wK_flip`` for any window size ``K >= 1`` (``w2``, ``w7``, ...): the grid is zero-padded
+  at the bottom/right to multiples of ``K``; windows are visited in row-major order and tokens
+  inside a window in row-major order; ``L = ceil(H/K)*K * ceil(W/K)*K``. ``_flip`` reverses the whole
+  padded sequence, so padding tokens of the last window row come first.
+
+The official code's reverse of ``v``/``v_flip`` is not the inverse of the scan when ``H != W``
+(it reads ``seq[(p mod H) * W + p // H]``). ``official_v_reverse=True`` reproduces that for
+migrated models; the default is the true inverse. Both agree on square grids.
+
+All tables are cached per ``(H, W, direction, official_v_reverse)`` and per device.
+"""
+import re
+from functools import lru_cache
+from typing import List, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    'ALL_DIRECTIONS', 'parse_direction', 'check_direction', 'scan_length', 'gather_index',
+    'inverse_index', 'stacked_gather_index', 'stacked_inverse_index', 'scan', 'reverse',
+    'multi_scan', 'multi_reverse'
+]
+
+#: The 8 candidate directions of the paper, in the official order (search space order).
+ALL_DIRECTIONS: Tuple[str, ...] = ('h', 'h_flip', 'v', 'v_flip', 'w2', 'w2_flip', 'w7',
+                                   'w7_flip')
+
+_DIRECTION_RE = re.compile(r'^(h|v|w([1-9][0-9]*))(_flip)?$')
+_VALID_FORMS = ("'h', 'h_flip', 'v', 'v_flip', 'wK' or 'wK_flip' with a window size K >= 1 "
+                "(e.g. 'w2', 'w7_flip')")
+
+
+def parse_direction(direction: str) -> Tuple[str, int, bool]:
+    """Split a direction name into ``(kind, window, flip)``.
+
+    ``kind`` is ``'h'``, ``'v'`` or ``'w'``; ``window`` is the window size (0 for h/v).
+
+    Raises:
+        ValueError: for anything that is not a valid direction name.
+    """
+    match = _DIRECTION_RE.match(direction) if isinstance(direction, str) else None
+    if match is None:
+        raise ValueError(f'Unknown scan direction {direction!r}; valid forms are '
+                         f'{_VALID_FORMS}.')
+    head, window, flip = match.groups()
+    if head.startswith('w'):
+        return 'w', int(window), flip is not None
+    return head, 0, flip is not None
+
+
+def check_direction(direction: str) -> str:
+    """Validate a direction name and return it unchanged."""
+    parse_direction(direction)
+    return direction
+
+
+def scan_length(height: int, width: int, direction: str) -> int:
+    """Length of the sequence a direction produces for an ``height x width`` grid."""
+    kind, k, _ = parse_direction(direction)
+    if kind == 'w':
+        return -(-height // k) * k * (-(-width // k) * k)
+    return height * width
+
+
+@lru_cache(maxsize=1024)
+def _tables(height: int, width: int, direction: str,
+            official_v_reverse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Compute ``(gather, inverse)`` as CPU int64 tensors."""
+    if height < 1 or width < 1:
+        raise ValueError(f'Token grid must be non-empty, got {height}x{width}.')
+    kind, k, flip = parse_direction(direction)
+    num = height * width
+    grid = torch.arange(num, dtype=torch.long).view(height, width)
+    if kind == 'h':
+        gather = grid.reshape(-1)
+    elif kind == 'v':
+        gather = grid.t().reshape(-1)
+    else:
+        hp, wp = -(-height // k) * k, -(-width // k) * k
+        padded = torch.full((hp, wp), num, dtype=torch.long)
+        padded[:height, :width] = grid
+        # (Hg, K, Wg, K) -> (Hg, Wg, K, K): windows row-major, tokens row-major inside.
+        gather = padded.view(hp // k, k, wp // k, k).permute(0, 2, 1, 3).reshape(-1)
+    if flip:
+        gather = gather.flip(0)
+    length = gather.numel()
+
+    if kind == 'v' and official_v_reverse:
+        p = torch.arange(num, dtype=torch.long)
+        inverse = (p % height) * width + p // height
+        if flip:
+            inverse = length - 1 - inverse
+    else:
+        inverse = torch.empty(num, dtype=torch.long)
+        real = gather < num
+        inverse[gather[real]] = torch.arange(length, dtype=torch.long)[real]
+    return gather, inverse
+
+
+@lru_cache(maxsize=4096)
+def _on_device(height, width, direction, official_v_reverse, which, device):
+    table = _tables(height, width, direction, official_v_reverse)[which]
+    return table.to(device)
+
+
+def gather_index(height: int, width: int, direction: str,
+                 device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Scan table ``(L,)``: ``seq[t] = x[gather[t]]``, ``H*W`` meaning a zero padding token."""
+    return _on_device(height, width, direction, False, 0, torch.device(device))
+
+
+def inverse_index(height: int, width: int, direction: str, official_v_reverse: bool = False,
+                  device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Reverse table ``(H*W,)``: ``out[p] = seq[inverse[p]]``."""
+    return _on_device(height, width, direction, bool(official_v_reverse), 1,
+                      torch.device(device))
+
+
+@lru_cache(maxsize=1024)
+def _stacked(height, width, directions, official_v_reverse, device):
+    lengths = [scan_length(height, width, d) for d in directions]
+    length = max(lengths)
+    num = height * width
+    gathers = torch.full((len(directions), length), num, dtype=torch.long)
+    inverses = []
+    for k, d in enumerate(directions):
+        gather, inverse = _tables(height, width, d, official_v_reverse)
+        gathers[k, :gather.numel()] = gather
+        inverses.append(inverse + k * length)
+    return gathers.to(device), torch.stack(inverses).to(device)
+
+
+def stacked_gather_index(height: int, width: int, directions: Sequence[str],
+                         device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Gather tables of several directions, end-padded to a common length: ``(K, L)``."""
+    return _stacked(height, width, tuple(directions), False, torch.device(device))[0]
+
+
+def stacked_inverse_index(height: int, width: int, directions: Sequence[str],
+                          official_v_reverse: bool = False,
+                          device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Reverse tables into the flattened ``(K * L)`` stacked sequences: ``(K, H*W)``."""
+    return _stacked(height, width, tuple(directions), bool(official_v_reverse),
+                    torch.device(device))[1]
+
+
+def _with_pad_token(x: torch.Tensor) -> torch.Tensor:
+    """Append one zero token: (..., H*W) -> (..., H*W + 1)."""
+    return torch.cat([x, x.new_zeros(x.shape[:-1] + (1, ))], dim=-1)
+
+
+def scan(x: torch.Tensor, direction: str) -> torch.Tensor:
+    """Read a grid in one direction.
+
+    Args:
+        x: (..., H, W).
+        direction: direction name.
+
+    Returns:
+        (..., L) sequence, zeros at padding positions.
+    """
+    height, width = x.shape[-2:]
+    index = gather_index(height, width, direction, x.device)
+    return _with_pad_token(x.flatten(-2)).index_select(-1, index)
+
+
+def reverse(seq: torch.Tensor, height: int, width: int, direction: str,
+            official_v_reverse: bool = False) -> torch.Tensor:
+    """Bring a scanned sequence back to row-major order.
+
+    Args:
+        seq: (..., L') with ``L' >= L`` (extra end padding is ignored).
+
+    Returns:
+        (..., H*W) in row-major order.
+    """
+    index = inverse_index(height, width, direction, official_v_reverse, seq.device)
+    return seq.index_select(-1, index)
+
+
+def multi_scan(x: torch.Tensor, directions: Sequence[str]) -> torch.Tensor:
+    """Read a grid in several directions at once, end-padding to a common length.
+
+    Args:
+        x: (B, C, H, W).
+
+    Returns:
+        (B, K, C, L) with ``L`` the longest sequence of the directions.
+    """
+    batch, channels, height, width = x.shape
+    index = stacked_gather_index(height, width, directions, x.device)
+    seqs = _with_pad_token(x.flatten(2)).index_select(-1, index.flatten())
+    return seqs.view(batch, channels, len(directions), -1).transpose(1, 2)
+
+
+def multi_reverse(seqs: torch.Tensor, height: int, width: int, directions: Sequence[str],
+                  official_v_reverse: bool = False) -> torch.Tensor:
+    """Inverse of :func:`multi_scan`.
+
+    Args:
+        seqs: (B, K, C, L) as returned by :func:`multi_scan` (or the scan outputs).
+
+    Returns:
+        (B, K, C, H*W) in row-major order.
+    """
+    batch, num_dirs, channels, length = seqs.shape
+    index = stacked_inverse_index(height, width, directions, official_v_reverse, seqs.device)
+    flat = seqs.transpose(1, 2).reshape(batch, channels, num_dirs * length)
+    out = flat.index_select(-1, index.flatten())
+    return out.view(batch, channels, num_dirs, height * width).transpose(1, 2)
+
+
+def direction_lists(directions, num_layers: int) -> List[Tuple[str, ...]]:
+    """Validate per-layer direction lists (a list of ``num_layers`` lists of names).
+
+    Raises:
+        ValueError: on a wrong number of lists, an empty list, or an unknown name.
+    """
+    if isinstance(directions, (str, bytes)) or not hasattr(directions, '__len__'):
+        raise ValueError(f'directions must be a list of {num_layers} per-layer lists, got '
+                         f'{directions!r}.')
+    if len(directions) != num_layers:
+        raise ValueError(f'directions must hold one list per layer: expected {num_layers} '
+                         f'lists, got {len(directions)}.')
+    out = []
+    for i, dirs in enumerate(directions):
+        if isinstance(dirs, str) or len(dirs) == 0:
+            raise ValueError(f'directions[{i}] must be a non-empty list of direction names, '
+                             f'got {dirs!r}.')
+        out.append(tuple(check_direction(d) for d in dirs))
+    return out

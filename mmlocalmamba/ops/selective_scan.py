@@ -1,0 +1,179 @@
+"""Selective scan (the S6 recurrence of Mamba) with interchangeable backends.
+
+Semantics, per batch ``b``, channel ``d`` and time ``t`` (``N`` state dimensions)::
+
+    delta = softplus(delta + delta_bias)          # if softplus, else delta + delta_bias
+    h_t   = exp(delta_t * A[d]) * h_{t-1} + delta_t * B_t * u_t     # (N,)
+    y_t   = <h_t, C_t> + D[d] * u_t
+
+Shapes: ``u``, ``delta`` (B, D, L); ``A`` (D, N); ``B``, ``C`` either (B, N, L) (shared by all
+channels) or (B, G, N, L) with ``D`` divisible by ``G`` (group ``g`` serves channels
+``g*D/G ... (g+1)*D/G``); ``D`` (D,) or None; ``delta_bias`` (D,) or None. Output (B, D, L) in
+the dtype of ``u``.
+
+The computation runs in ``promote(u.dtype, float32)``: half and bfloat16 inputs are computed with a
+float32 state, float64 inputs in float64 end to end.
+
+Backends: ``'torch'`` (this file, runs anywhere), ``'triton'`` (CUDA, see ``triton_scan``),
+``'mamba_ssm'`` (optional CUDA kernel of the mamba-ssm package). ``'auto'`` picks triton on CUDA
+when it is importable and torch otherwise.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ['selective_scan', 'selective_scan_torch', 'available_backends', 'resolve_backend',
+           'BACKENDS']
+
+BACKENDS = ('auto', 'torch', 'triton', 'mamba_ssm')
+
+
+def _expand_groups(bc: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, N, L) or (B, G, N, L) -> (B, D or 1, N, L) broadcastable over channels."""
+    if bc.dim() == 3:
+        return bc.unsqueeze(1)
+    groups = bc.shape[1]
+    if channels % groups:
+        raise ValueError(f'{channels} channels cannot be split into {groups} B/C groups.')
+    return bc.repeat_interleave(channels // groups, dim=1)
+
+
+def _chunk_size(length: int) -> int:
+    return max(1, int(math.ceil(math.sqrt(length))))
+
+
+def _linear_recurrence(decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """All states of ``h_t = decay_t * h_{t-1} + inp_t`` (h_{-1} = 0) along dim 2.
+
+    Two-level chunked formulation: states inside chunks of ~sqrt(L) steps are computed for all
+    chunks at once, then the chunk carries are propagated, so only ~2*sqrt(L) sequential steps
+    are taken. Everything is differentiable by autograd.
+
+    Args:
+        decay, inp: (B, D, L, N).
+
+    Returns:
+        (B, D, L, N).
+    """
+    batch, channels, length, nstate = inp.shape
+    chunk = _chunk_size(length)
+    nchunks = -(-length // chunk)
+    pad = nchunks * chunk - length
+    if pad:
+        decay = F.pad(decay, (0, 0, 0, pad), value=1.0)
+        inp = F.pad(inp, (0, 0, 0, pad))
+    decay = decay.view(batch, channels, nchunks, chunk, nstate)
+    inp = inp.view(batch, channels, nchunks, chunk, nstate)
+
+    # Level 1: local states (zero initial state) and cumulative decays inside every chunk.
+    local = [inp[:, :, :, 0]]
+    for t in range(1, chunk):
+        local.append(torch.addcmul(inp[:, :, :, t], decay[:, :, :, t], local[-1]))
+    local = torch.stack(local, dim=3)
+    cumdecay = torch.cumprod(decay, dim=3)
+
+    # Level 2: the state entering each chunk.
+    carries = [torch.zeros_like(local[:, :, 0, -1])]
+    for c in range(nchunks - 1):
+        carries.append(torch.addcmul(local[:, :, c, -1], cumdecay[:, :, c, -1], carries[-1]))
+    carries = torch.stack(carries, dim=2)
+
+    states = torch.addcmul(local, cumdecay, carries.unsqueeze(3))
+    return states.view(batch, channels, nchunks * chunk, nstate)[:, :, :length]
+
+
+def selective_scan_torch(u: torch.Tensor,
+                         delta: torch.Tensor,
+                         A: torch.Tensor,
+                         B: torch.Tensor,
+                         C: torch.Tensor,
+                         D: Optional[torch.Tensor] = None,
+                         delta_bias: Optional[torch.Tensor] = None,
+                         softplus: bool = False) -> torch.Tensor:
+    """Pure-PyTorch selective scan (see the module docstring for shapes and semantics)."""
+    out_dtype = u.dtype
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    channels = u.shape[1]
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if softplus:
+        delta = F.softplus(delta)
+    Bx = _expand_groups(B, channels)  # (B, D|1, N, L)
+    Cx = _expand_groups(C, channels)
+    # (B, D, L, N) recurrence inputs.
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
+    inp = (delta * u).unsqueeze(-1) * Bx.transpose(-1, -2)
+    states = _linear_recurrence(decay, inp)
+    y = torch.einsum('bdln,bdnl->bdl', states, Cx.expand(-1, channels, -1, -1))
+    if D is not None:
+        y = y + u * D.to(dtype)[:, None]
+    return y.to(out_dtype)
+
+
+def _triton_available() -> bool:
+    try:
+        from . import triton_scan  # noqa: F401
+    except Exception:  # ImportError, or triton failing to initialise
+        return False
+    return triton_scan.is_available()
+
+
+def _mamba_available() -> bool:
+    try:
+        import selective_scan_cuda  # noqa: F401
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def available_backends():
+    """Backends usable in this process (``'torch'`` always is)."""
+    out = ['torch']
+    if _triton_available():
+        out.append('triton')
+    if _mamba_available():
+        out.append('mamba_ssm')
+    return out
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``backend`` (one of :data:`BACKENDS`) into a concrete backend for ``device``.
+
+    Raises:
+        ValueError: unknown backend name.
+        RuntimeError: an explicitly requested backend that cannot run here.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f'Unknown selective-scan backend {backend!r}; valid: {BACKENDS}.')
+    device = torch.device(device)
+    if backend == 'auto':
+        return 'triton' if device.type == 'cuda' and _triton_available() else 'torch'
+    if backend == 'torch':
+        return backend
+    if device.type != 'cuda':
+        raise RuntimeError(f'Selective-scan backend {backend!r} needs CUDA tensors, got '
+                           f'{device}; use backend="torch" or "auto".')
+    if backend == 'triton' and not _triton_available():
+        raise RuntimeError('Selective-scan backend "triton" requested but triton is not usable.')
+    if backend == 'mamba_ssm' and not _mamba_available():
+        raise RuntimeError('Selective-scan backend "mamba_ssm" requested but mamba-ssm is not '
+                           'installed (pip install mmlocalmamba[mamba]).')
+    return backend
+
+
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, softplus=False,
+                   backend: str = 'auto'):
+    """Selective scan through the chosen backend (see the module docstring)."""
+    backend = resolve_backend(backend, u.device)
+    if backend == 'triton':
+        from .triton_scan import selective_scan_triton
+        return selective_scan_triton(u, delta, A, B, C, D, delta_bias, softplus)
+    if backend == 'mamba_ssm':
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        return selective_scan_fn(u, delta, A, B.contiguous(), C.contiguous(), D,
+                                 delta_bias=delta_bias, delta_softplus=softplus)
+    return selective_scan_torch(u, delta, A, B, C, D, delta_bias, softplus)
