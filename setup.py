@@ -34,10 +34,6 @@ setup(
         # Optional CUDA kernels of the original Mamba (GPU only, never required).
         'mamba': ['mamba-ssm'],
     },
-    entry_points={
-        # Lets mmengine/mim discover the plugin.
-        'mmlocalmamba': [],
-    },
     license='Apache-2.0',
     zip_safe=False,
 )

@@ -99,12 +99,13 @@ if [ ${#MISSING[@]} -gt 0 ]; then
 fi
 
 # The project itself, editable, every time (cheap; re-points the venv at this checkout).
-if ! "$VPY" - "$ROOT" <<'PYEOF' 2>/dev/null
+# (checked from / so that a checkout in the working directory does not count as installed)
+if ! (cd / && "$VPY" - "$ROOT" <<'PYEOF' 2>/dev/null
 import os, sys
 import mmlocalmamba
 sys.exit(0 if os.path.realpath(os.path.dirname(os.path.dirname(mmlocalmamba.__file__))) == os.path.realpath(sys.argv[1]) else 1)
 PYEOF
-then
+); then
   log "installing mmlocalmamba (editable) from $ROOT"
   "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
 fi

@@ -1,0 +1,434 @@
+"""LocalVMamba: the hierarchical LocalMamba backbone (VSSM with windowed multi-direction scans).
+
+Parameter names and the forward pass follow the official ``Backbone_LocalVSSM`` / ``VSSM`` models,
+so the published checkpoints load unchanged (see ``../shared/reference/README.md`` of the project
+for the exact semantics reproduced here).
+"""
+import math
+import warnings
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from timm.layers import DropPath, trunc_normal_
+
+from ..ops.local_scan import local_selective_scan
+from ..ops.selective_scan import BACKENDS
+from .layers import MultiScan, resolve_directions
+
+__all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'SS2D', 'VSSBlock', 'PatchMerging2D',
+           'LOCAL_VMAMBA_ARCHS']
+
+# Searched per-layer directions of the released models (flat over all blocks of all stages).
+_TINY_DIRECTIONS = [
+    ['h', 'h_flip', 'w7', 'w7_flip'], ['h_flip', 'v_flip', 'w2', 'w2_flip'],
+    ['h_flip', 'v_flip', 'w2_flip', 'w7'], ['h_flip', 'v', 'v_flip', 'w2'],
+    ['h', 'h_flip', 'v_flip', 'w2_flip'], ['h_flip', 'v_flip', 'w2', 'w2_flip'],
+    ['h', 'w2_flip', 'w7', 'w7_flip'], ['h', 'h_flip', 'v', 'v_flip'],
+    ['h', 'v_flip', 'w7', 'w7_flip'], ['h_flip', 'v', 'w2', 'w7_flip'],
+    ['v', 'v_flip', 'w2', 'w7_flip'], ['h', 'h_flip', 'v_flip', 'w2_flip'],
+    ['v_flip', 'w2_flip', 'w7', 'w7_flip'], ['h_flip', 'v_flip', 'w2_flip', 'w7_flip'],
+    ['h_flip', 'v', 'w7', 'w7_flip']
+]
+_SMALL_DIRECTIONS = [
+    ['h', 'v', 'v_flip', 'w7_flip'], ['h', 'h_flip', 'v', 'w7'], ['h_flip', 'v', 'v_flip', 'w7'],
+    ['h_flip', 'v', 'w2_flip', 'w7'], ['h_flip', 'v', 'w2_flip', 'w7'],
+    ['h_flip', 'v_flip', 'w2', 'w7_flip'], ['h_flip', 'v', 'v_flip', 'w7'],
+    ['h', 'v', 'v_flip', 'w7'], ['h', 'v', 'v_flip', 'w7'], ['h', 'v', 'v_flip', 'w7_flip'],
+    ['h', 'h_flip', 'v', 'v_flip'], ['h', 'v', 'v_flip', 'w2'], ['v', 'v_flip', 'w2_flip', 'w7'],
+    ['h', 'h_flip', 'v', 'w2'], ['h_flip', 'v', 'v_flip', 'w7_flip'], ['h', 'h_flip', 'v', 'v_flip'],
+    ['h', 'v', 'v_flip', 'w7_flip'], ['h', 'v', 'v_flip', 'w7_flip'], ['h', 'h_flip', 'v_flip', 'w7'],
+    ['h_flip', 'v_flip', 'w2_flip', 'w7'], ['h_flip', 'v', 'v_flip', 'w7_flip'],
+    ['v', 'v_flip', 'w7', 'w7_flip'], ['h', 'v', 'v_flip', 'w7_flip'], ['h_flip', 'v', 'v_flip', 'w2'],
+    ['h', 'v', 'v_flip', 'w2_flip'], ['h', 'h_flip', 'v', 'w7'], ['h', 'h_flip', 'w7', 'w7_flip'],
+    ['h', 'v_flip', 'w2', 'w2_flip'], ['h', 'v_flip', 'w2', 'w7'], ['h', 'v', 'v_flip', 'w7_flip'],
+    ['h_flip', 'v', 'w2_flip', 'w7'], ['h_flip', 'v_flip', 'w7', 'w7_flip'],
+    ['h', 'v', 'w7', 'w7_flip']
+]
+
+#: Presets. ``directions=None`` would build a search supernet; a missing ``directions`` key in a
+#: custom arch means "the default unsearched list" (``h, h_flip, v, v_flip`` everywhere).
+LOCAL_VMAMBA_ARCHS: Dict[str, dict] = {
+    'tiny': dict(dims=[96, 192, 384, 768], depths=[2, 2, 9, 2], directions=_TINY_DIRECTIONS),
+    'small': dict(dims=[96, 192, 384, 768], depths=[2, 2, 27, 2], directions=_SMALL_DIRECTIONS),
+    'tiny_search': dict(dims=[32, 64, 128, 256], depths=[2, 2, 9, 2], directions=None),
+}
+
+_DEFAULT_DIRECTIONS = ['h', 'h_flip', 'v', 'v_flip']
+_ARCH_KEYS = {'dims', 'depths', 'directions', 'd_state', 'ssm_ratio', 'dt_rank'}
+
+
+def _resolve_arch(arch: Union[str, dict]) -> dict:
+    if isinstance(arch, str):
+        if arch not in LOCAL_VMAMBA_ARCHS:
+            raise ValueError(f'Unknown LocalVMamba arch {arch!r}; valid presets: '
+                             f'{sorted(LOCAL_VMAMBA_ARCHS)} or a dict with keys '
+                             f'{sorted(_ARCH_KEYS)}.')
+        arch = dict(LOCAL_VMAMBA_ARCHS[arch])
+    elif isinstance(arch, dict):
+        unknown = set(arch) - _ARCH_KEYS
+        if unknown:
+            raise ValueError(f'Unknown LocalVMamba arch keys {sorted(unknown)}; valid keys: '
+                             f'{sorted(_ARCH_KEYS)}.')
+        if 'depths' not in arch or 'dims' not in arch:
+            raise ValueError(f'A custom LocalVMamba arch needs "dims" and "depths", got {arch}.')
+        arch = dict(arch)
+    else:
+        raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}.')
+    dims = arch['dims']
+    if isinstance(dims, int):
+        dims = [dims * 2**i for i in range(len(arch['depths']))]
+    if len(dims) != len(arch['depths']):
+        raise ValueError(f'dims {list(dims)} and depths {list(arch["depths"])} must have the same '
+                         f'length.')
+    arch['dims'] = list(dims)
+    arch['depths'] = list(arch['depths'])
+    if 'directions' not in arch:
+        arch['directions'] = [_DEFAULT_DIRECTIONS] * sum(arch['depths'])
+    arch.setdefault('d_state', 16)
+    arch.setdefault('ssm_ratio', 2.0)
+    arch.setdefault('dt_rank', 'auto')
+    return arch
+
+
+class SS2D(nn.Module):
+    """2-D selective scan over K local directions (the token mixer of a VSS block).
+
+    Args:
+        d_model (int): channels C.
+        directions (Sequence[str]): the K directions of this layer.
+        search (bool): supernet layer (softmax-weighted, normalised merge). Default: False.
+        d_state (int): SSM state size N. Default: 16.
+        ssm_ratio (float): inner channels Di = int(ssm_ratio * C). Default: 2.0.
+        dt_rank (int | str): rank R of the delta projection; 'auto' = ceil(C / 16).
+        official_v_reverse (bool): reproduce the official ``v`` reverse (wrong for H != W).
+        scan_backend (str): selective-scan backend, see :mod:`mmlocalmamba.ops.selective_scan`.
+
+    Shapes: (B, H, W, C) -> (B, H, W, C).
+    """
+
+    def __init__(self,
+                 d_model: int,
+                 directions: Sequence[str],
+                 search: bool = False,
+                 d_state: int = 16,
+                 ssm_ratio: float = 2.0,
+                 dt_rank: Union[int, str] = 'auto',
+                 dt_min: float = 0.001,
+                 dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4,
+                 official_v_reverse: bool = False,
+                 scan_backend: str = 'auto'):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+        num_dirs = len(directions)
+        self.directions = tuple(directions)
+        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, rank
+        self.official_v_reverse = official_v_reverse
+        self.scan_backend = scan_backend
+
+        # Per-direction SSM parameters, stacked over K (official names and layout).
+        x_proj = torch.empty(num_dirs, rank + 2 * d_state, d_inner)
+        bound = 1 / math.sqrt(d_inner)  # nn.Linear's default init
+        self.x_proj_weight = nn.Parameter(x_proj.uniform_(-bound, bound))
+        dt_std = rank**-0.5
+        self.dt_projs_weight = nn.Parameter(
+            torch.empty(num_dirs, d_inner, rank).uniform_(-dt_std, dt_std))
+        dt = torch.exp(
+            torch.rand(num_dirs, d_inner) * (math.log(dt_max) - math.log(dt_min)) +
+            math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(num_dirs * d_inner, 1)
+        self.A_logs = nn.Parameter(torch.log(A))
+        self.Ds = nn.Parameter(torch.ones(num_dirs * d_inner))
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=True)
+        self.act = nn.SiLU()
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.multi_scan = MultiScan(self.directions, d_inner, search=search)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        z = self.act(z)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        ys = local_selective_scan(x, self.x_proj_weight, self.dt_projs_weight,
+                                  self.dt_projs_bias, self.A_logs, self.Ds, self.directions,
+                                  self.official_v_reverse, self.scan_backend)  # (B, K, HW, Di)
+        y = self.out_norm(self.multi_scan.merge(ys))
+        y = y.view(batch, height, width, -1).to(x.dtype)
+        return self.out_proj(y * z)
+
+
+class VSSBlock(nn.Module):
+    """``x + drop_path(SS2D(LayerNorm(x)))`` on (B, H, W, C) tokens (no MLP)."""
+
+    def __init__(self, dim: int, drop_path: float = 0., **ss2d_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = SS2D(dim, **ss2d_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.op(self.norm(x)))
+
+
+class PatchMerging2D(nn.Module):
+    """2x2 patch merging on (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C).
+
+    Odd sizes are zero-padded at the bottom/right; the four sub-grids are concatenated in the
+    order (even h, even w), (odd h, even w), (even h, odd w), (odd h, odd w).
+    """
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                      dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class _Permute(nn.Module):
+
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+class LocalVMamba(BaseModule):
+    """LocalVMamba backbone (hierarchical, 4 stages).
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'tiny_search' or a dict with ``dims`` (list, or an int
+            doubled per stage), ``depths``, and optionally ``directions`` (one list of names per
+            block, flat over stages; None builds a direction-search supernet), ``d_state`` (16),
+            ``ssm_ratio`` (2.0), ``dt_rank`` ('auto'). Default: 'tiny'.
+        in_channels (int): image channels. Default: 3.
+        patch_size (int): patch embedding stride. Default: 4.
+        patch_norm (bool): LayerNorm after the patch embedding. Default: True.
+        drop_path_rate (float): stochastic depth, linear over blocks. Default: 0.2.
+        out_indices (Sequence[int]): stages whose outputs are returned, each through its own
+            LayerNorm ``outnorm{i}``. Default: (0, 1, 2, 3).
+        frozen_stages (int): -1 freezes nothing; 0 the patch embedding; i >= 1 also stages
+            0..i-1 with their output norms. Default: -1.
+        norm_eval (bool): keep batch-norm layers in eval mode during training. LocalVMamba has
+            none; honoured for layers added by subclasses. Default: False.
+        with_cp (bool): gradient checkpointing per block. Default: False.
+        official_v_reverse (bool): reproduce the official code's ``v``/``v_flip`` reverse, which
+            misplaces tokens when H != W. Default: False (correct inverse).
+        scan_backend (str): 'auto', 'torch', 'triton' or 'mamba_ssm'. Default: 'auto'.
+        pretrained (str, optional): deprecated, use ``init_cfg``.
+        init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH_OR_URL)``;
+            official classification checkpoints and mmdet/mmseg checkpoints (with
+            ``prefix='backbone.'``) load through it.
+
+    Shapes: input (B, in_channels, H, W); output a tuple of (B, dims[i], H_i, W_i) with
+    ``H_0 = floor(H / patch_size)`` and ``H_{i+1} = ceil(H_i / 2)``.
+    """
+
+    _version = 1
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 in_channels: int = 3,
+                 patch_size: int = 4,
+                 patch_norm: bool = True,
+                 drop_path_rate: float = 0.2,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 official_v_reverse: bool = False,
+                 scan_backend: str = 'auto',
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('Give either init_cfg or the deprecated pretrained, not both.')
+            warnings.warn('LocalVMamba(pretrained=...) is deprecated; use '
+                          'init_cfg=dict(type="Pretrained", checkpoint=...).', DeprecationWarning)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+        if scan_backend not in BACKENDS:
+            raise ValueError(f'Unknown scan_backend {scan_backend!r}; valid: {BACKENDS}.')
+        arch = _resolve_arch(arch)
+        self.arch = arch
+        dims, depths = arch['dims'], arch['depths']
+        num_stages = len(depths)
+        self.dims, self.depths, self.num_stages = dims, depths, num_stages
+        self.num_features = dims[-1]
+        out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        for i in out_indices:
+            if not 0 <= i < num_stages:
+                raise ValueError(f'out_indices {out_indices} must be within [0, {num_stages}).')
+        self.out_indices = out_indices
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], got {frozen_stages}.')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.official_v_reverse = official_v_reverse
+
+        directions, search = resolve_directions(arch['directions'], sum(depths))
+        self.layer_directions = directions
+        self.is_search = all(search)
+
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(in_channels, dims[0], kernel_size=patch_size, stride=patch_size),
+            _Permute(0, 2, 3, 1),
+            nn.LayerNorm(dims[0]) if patch_norm else nn.Identity())
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i in range(num_stages):
+            first = sum(depths[:i])
+            blocks = nn.Sequential(*[
+                VSSBlock(
+                    dims[i],
+                    drop_path=dpr[first + j],
+                    directions=directions[first + j],
+                    search=search[first + j],
+                    d_state=arch['d_state'],
+                    ssm_ratio=arch['ssm_ratio'],
+                    dt_rank=arch['dt_rank'],
+                    official_v_reverse=official_v_reverse,
+                    scan_backend=scan_backend) for j in range(depths[i])
+            ])
+            downsample = (
+                PatchMerging2D(dims[i], dims[i + 1]) if i < num_stages - 1 else nn.Identity())
+            self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=downsample)))
+
+        for i in out_indices:
+            self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
+
+        self.apply(self._init_linear_and_norm)
+        self._freeze_stages()
+
+    @staticmethod
+    def _init_linear_and_norm(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def scan_backend(self) -> str:
+        return self.layers[0].blocks[0].op.scan_backend
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Switch the selective-scan backend of every layer."""
+        if backend not in BACKENDS:
+            raise ValueError(f'Unknown scan_backend {backend!r}; valid: {BACKENDS}.')
+        for m in self.modules():
+            if isinstance(m, SS2D):
+                m.scan_backend = backend
+
+    def init_weights(self) -> None:
+        if (isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'):
+            from ..utils.checkpoint import load_pretrained
+            logger = MMLogger.get_current_instance()
+            load_pretrained(self, self.init_cfg['checkpoint'],
+                            prefix=self.init_cfg.get('prefix'), logger=logger,
+                            map_location=self.init_cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
+        super().init_weights()
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            self.patch_embed.eval()
+            for p in self.patch_embed.parameters():
+                p.requires_grad = False
+        for i in range(self.frozen_stages):
+            modules = [self.layers[i]]
+            if i in self.out_indices:
+                modules.append(getattr(self, f'outnorm{i}'))
+            for m in modules:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward_stages(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Run all stages.
+
+        Returns:
+            (outputs at ``out_indices`` as NCHW maps, last stage output (B, H, W, C)).
+        """
+        x = self.patch_embed(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x = self._run_blocks(layer.blocks, x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'outnorm{i}')(x).permute(0, 3, 1, 2).contiguous())
+            x = layer.downsample(x)
+        return outs, x
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, C_in, H, W) -> tuple of (B, dims[i], H_i, W_i) for i in out_indices."""
+        return tuple(self.forward_stages(x)[0])
+
+
+class LocalVMambaClassifier(LocalVMamba):
+    """LocalVMamba image classifier with the official ``VSSM`` state-dict layout.
+
+    ``classifier``: LayerNorm -> global average pool -> Linear. Takes the arguments of
+    :class:`LocalVMamba` (without ``out_indices``) plus ``num_classes`` (default 1000).
+
+    Shapes: (B, 3, H, W) -> (B, num_classes).
+    """
+
+    def __init__(self, arch='tiny', num_classes: int = 1000, **kwargs):
+        kwargs.setdefault('out_indices', ())
+        super().__init__(arch=arch, **kwargs)
+        self.num_classes = num_classes
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                norm=nn.LayerNorm(self.num_features),
+                permute=_Permute(0, 3, 1, 2),
+                avgpool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(1),
+                head=nn.Linear(self.num_features, num_classes)
+                if num_classes > 0 else nn.Identity()))
+        self.classifier.apply(self._init_linear_and_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_stages(x)[1])
