@@ -355,13 +355,17 @@ def make_coco_demo(out_dir: str,
     return summary
 
 
-def check_coco_annotations(ann_file: str, tol: float = 1.0) -> Dict:
+def check_coco_annotations(ann_file: str,
+                           tol: float = 1.0,
+                           area_rtol: float = 0.15) -> Dict:
     """Validate a COCO annotation file with pycocotools.
 
-    Every annotation must decode to a non-empty mask whose pixel area equals
-    ``area`` and whose tight bounding box has its corners within ``tol``
-    pixels of the corners of ``bbox``, and the bbox must lie inside its
-    image.
+    Every annotation must decode (``COCO.annToMask``) to a non-empty mask
+    whose tight bounding box has its corners within ``tol`` pixels of the
+    corners of ``bbox`` and whose pixel count is within ``area_rtol``
+    (relative) of ``area``; the bbox must lie inside its image.
+    pycocotools rasterises polygons slightly differently from
+    :func:`polygon_to_mask`, hence the tolerances.
 
     Returns:
         dict: ``num_images``, ``num_annotations`` and ``max_bbox_error``.
@@ -382,6 +386,9 @@ def check_coco_annotations(ann_file: str, tol: float = 1.0) -> Dict:
         mask = coco.annToMask(ann).astype(bool)
         if not mask.any():
             raise ValueError(f'annotation {ann["id"]}: empty mask')
+        if abs(float(mask.sum()) - ann['area']) > area_rtol * ann['area']:
+            raise ValueError(f'annotation {ann["id"]}: area {ann["area"]} '
+                             f'but the mask has {int(mask.sum())} pixels')
         mx, my, mw, mh = _mask_bbox(mask)
         err = float(np.abs(np.subtract([mx, my, mx + mw, my + mh],
                                        [x, y, x + bw, y + bh])).max())
