@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Parameters and FLOPs of a LocalMamba model (a preset name or a config's backbone).
+
+    python tools/get_flops.py local_vssm_tiny
+    python tools/get_flops.py configs/mmdet/maskrcnn_localvmamba_t.py --shape 800 1344
+
+Selective scans are counted with the 9*B*L*D*N rule of the official code (see
+mmlocalmamba/utils/flops.py); 1 multiply-accumulate = 1 FLOP.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+
+import torch  # noqa: E402
+
+import mmlocalmamba  # noqa: E402,F401
+from mmlocalmamba.utils.flops import count_flops, count_params  # noqa: E402
+
+PRESETS = {
+    'local_vssm_tiny': dict(type='LocalVMambaClassifier', arch='tiny'),
+    'local_vssm_small': dict(type='LocalVMambaClassifier', arch='small'),
+    'localvmamba_t': dict(type='LocalVMamba', arch='tiny'),
+    'localvmamba_s': dict(type='LocalVMamba', arch='small'),
+}
+
+
+def build(target: str):
+    from mmengine.registry import MODELS
+    if target in PRESETS:
+        return MODELS.build(PRESETS[target])
+    if osp.isfile(target):
+        from mmengine.config import Config
+        cfg = Config.fromfile(target)
+        backbone = dict(cfg.model.backbone)
+        backbone.pop('init_cfg', None)
+        backbone.pop('pretrained', None)
+        return MODELS.build(backbone)
+    raise SystemExit(f'{target!r} is neither a preset ({", ".join(PRESETS)}) nor a config file.')
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('target', help=f'preset ({", ".join(PRESETS)}) or config file')
+    parser.add_argument('--shape', type=int, nargs='+', default=[224, 224],
+                        help='input H W (one number: square)')
+    args = parser.parse_args(argv)
+    shape = args.shape * 2 if len(args.shape) == 1 else args.shape[:2]
+    model = build(args.target)
+    params = count_params(model)
+    # shapes are all that counting needs: run on the meta device (no memory, no compute)
+    counts = count_flops(model.to('meta'), (1, 3, *shape))
+    print(f'model: {args.target} ({type(model).__name__}), input 1x3x{shape[0]}x{shape[1]}')
+    print(f'params: {params:,} ({params / 1e6:.2f} M)')
+    print(f'FLOPs:  {counts["total"] / 1e9:.3f} G')
+    for name, value in sorted(counts.items()):
+        if name != 'total':
+            print(f'  {name:<20s} {value / 1e9:8.3f} G')
+    return counts, params
+
+
+if __name__ == '__main__':
+    with torch.no_grad():
+        main()

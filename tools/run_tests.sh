@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up the environment (idempotent) and run the test suite: README command 2, and CI's.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$(bash "$ROOT/tools/setup_env.sh" | tail -n 1)"
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
