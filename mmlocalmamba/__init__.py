@@ -3,7 +3,9 @@
 ``import mmlocalmamba`` registers the backbones in mmengine's root ``MODELS`` registry.
 """
 from . import registry  # noqa: F401  (registers the modules)
-from .models import LocalVMamba, LocalVMambaClassifier, MM_LocalVSSM
+from .models import (LocalVim, LocalVimClassifier, LocalVMamba, LocalVMambaClassifier, MM_LocalVim,
+                     MM_LocalVSSM)
 from .version import __version__
 
-__all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'MM_LocalVSSM', '__version__']
+__all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'MM_LocalVSSM', 'LocalVim', 'LocalVimClassifier',
+           'MM_LocalVim', '__version__']

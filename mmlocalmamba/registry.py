@@ -8,11 +8,14 @@ mmpretrain, a user's own) falls back to, so the backbones are found from any sco
 from mmengine.registry import MODELS
 
 from .models.compat import MM_LocalVSSM
+from .models.compat_vim import MM_LocalVim
+from .models.local_vim import LocalVim, LocalVimClassifier
 from .models.local_vmamba import LocalVMamba, LocalVMambaClassifier
 
 __all__ = ['register_all']
 
-_MODELS = (LocalVMamba, MM_LocalVSSM, LocalVMambaClassifier)
+_MODELS = (LocalVMamba, MM_LocalVSSM, LocalVMambaClassifier, LocalVim, MM_LocalVim,
+           LocalVimClassifier)
 
 
 def register_all() -> None:

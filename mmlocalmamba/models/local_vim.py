@@ -1,0 +1,698 @@
+"""LocalVim: the plain (ViT-like) LocalMamba backbone and its ImageNet classifier.
+
+Parameter names and the forward pass follow the official ``VisionMamba`` (with the
+``MultiMamba`` mixer) and ``Backbone_LocalVisionMamba`` models, so the published checkpoints load
+unchanged. Per layer (pre-norm, residual stream kept in float32)::
+
+    hidden = rope(hidden); residual = rope(residual)         # rope presets only
+    residual = hidden if first layer else residual + drop_path(hidden)
+    hidden = mixer(Norm(residual))                           # Norm: RMSNorm or LayerNorm
+
+The mixer in-projects to ``x, z`` (2 x Di), reads both in each of its K directions, runs a
+causal depth-wise conv + SiLU, a selective scan and the gate ``* SiLU(z)`` per direction (each
+direction has its own conv1d/x_proj/dt_proj/A_log/D), brings the outputs back to row-major
+order, applies the shared channel attention to each, sums them (softmax-weighted and normalised
+for the search supernet) and projects back to C.
+
+Token grid: the image is zero-padded at the bottom/right to a multiple of the patch size, so the
+grid is ``(ceil(H / p), ceil(W / p))``. The absolute position embedding (and the rope tables)
+are built for ``img_size`` and resized bicubically (``align_corners=False``) to any other grid,
+on every forward and when loading a checkpoint built for another size.
+"""
+import math
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import MMLogger, print_log
+from mmengine.model import BaseModule
+from timm.layers import DropPath, trunc_normal_
+
+from ..ops.pos_embed import apply_rope, grid_side, resize_grid_embed, resize_pos_embed, rope_tables
+from ..ops.selective_scan import BACKENDS
+from ..ops.vim_scan import local_vim_scan
+from .layers import BiAttn, MultiScan, resolve_directions
+
+__all__ = ['LocalVim', 'LocalVimClassifier', 'LocalVimMixer', 'LocalVimBlock',
+           'LOCAL_VIM_ARCHS']
+
+#: Searched directions of LocalVim-T (also the first, overridden ``local_vim_small`` definition
+#: of the official code, and the list its det/seg configs pass for both T and S).
+_SEARCHED_DIRECTIONS = [
+    ['h', 'v_flip', 'w7', 'w7_flip'], ['h_flip', 'w2_flip', 'w7', 'w7_flip'],
+    ['h', 'h_flip', 'v', 'w7'], ['h', 'h_flip', 'v', 'v_flip'], ['h', 'h_flip', 'v', 'v_flip'],
+    ['h', 'h_flip', 'v', 'v_flip'], ['h_flip', 'v', 'v_flip', 'w7'],
+    ['h_flip', 'v', 'v_flip', 'w2_flip'], ['h', 'h_flip', 'v', 'v_flip'],
+    ['h', 'h_flip', 'v', 'v_flip'], ['h', 'v', 'v_flip', 'w2'], ['h', 'v', 'v_flip', 'w2_flip'],
+    ['h', 'h_flip', 'v_flip', 'w7'], ['h_flip', 'v', 'v_flip', 'w2'],
+    ['h', 'h_flip', 'v', 'v_flip'], ['h', 'v', 'w2', 'w2_flip'], ['v', 'v_flip', 'w2', 'w7'],
+    ['h', 'h_flip', 'v', 'w2'], ['h', 'h_flip', 'w2_flip', 'w7'], ['v', 'v_flip', 'w2', 'w2_flip']
+]
+#: What the official ``local_vim_small`` factory builds (its second definition wins).
+_UNSEARCHED_DIRECTIONS = [['h', 'h_flip', 'w2', 'w2_flip']] * 20
+
+_TINY = dict(embed_dim=192, depth=20, directions=_SEARCHED_DIRECTIONS)
+
+#: Presets. All use the normalisation the released ImageNet checkpoints were trained with
+#: (RMSNorm, weight only); the official det/seg configs build LayerNorm instead (see
+#: :class:`~mmlocalmamba.models.compat_vim.MM_LocalVim`).
+LOCAL_VIM_ARCHS: Dict[str, dict] = {
+    'tiny': dict(_TINY),
+    'small': dict(embed_dim=384, depth=20, directions=_UNSEARCHED_DIRECTIONS),
+    'small_searched': dict(embed_dim=384, depth=20, directions=_SEARCHED_DIRECTIONS),
+    'tiny_middle_cls': dict(_TINY, if_rope=False, if_rope_residual=False,
+                            middle_cls_token=True),
+    'tiny_search': dict(embed_dim=128, depth=20, directions=None),
+}
+
+_ARCH_DEFAULTS = dict(
+    rms_norm=True,
+    norm_eps=1e-5,
+    fused_add_norm=True,
+    if_rope=True,
+    if_rope_residual=True,
+    rope_pt_seq_len=14,
+    middle_cls_token=False,
+    abs_pos_embed=True,
+    d_state=16,
+    d_conv=4,
+    expand=2,
+    dt_rank='auto')
+_ARCH_KEYS = {'embed_dim', 'depth', 'directions'} | set(_ARCH_DEFAULTS)
+_DEFAULT_DIRECTIONS = ['h', 'h_flip', 'v', 'v_flip']
+
+
+def resolve_vim_arch(arch: Union[str, dict]) -> dict:
+    """Preset name or dict -> complete arch dict (see :class:`LocalVim`)."""
+    if isinstance(arch, str):
+        if arch not in LOCAL_VIM_ARCHS:
+            raise ValueError(f'Unknown LocalVim arch {arch!r}; valid presets: '
+                             f'{sorted(LOCAL_VIM_ARCHS)} or a dict with keys {sorted(_ARCH_KEYS)}.')
+        arch = dict(LOCAL_VIM_ARCHS[arch])
+    elif isinstance(arch, dict):
+        unknown = set(arch) - _ARCH_KEYS
+        if unknown:
+            raise ValueError(f'Unknown LocalVim arch keys {sorted(unknown)}; valid keys: '
+                             f'{sorted(_ARCH_KEYS)}.')
+        if 'embed_dim' not in arch or 'depth' not in arch:
+            raise ValueError(f'A custom LocalVim arch needs "embed_dim" and "depth", got {arch}.')
+        arch = dict(arch)
+        if 'directions' not in arch:
+            arch['directions'] = [_DEFAULT_DIRECTIONS] * arch['depth']
+    else:
+        raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}.')
+    for key, value in _ARCH_DEFAULTS.items():
+        arch.setdefault(key, value)
+    if arch['middle_cls_token'] and arch['if_rope']:
+        raise ValueError('LocalVim cannot combine rotary embedding (if_rope=True) with the middle '
+                         'class token (the official code does not support it either); use '
+                         'if_rope=False with middle_cls_token=True.')
+    if arch['if_rope'] and arch['embed_dim'] % 4:
+        raise ValueError(f'Rotary embedding needs embed_dim divisible by 4, got '
+                         f'{arch["embed_dim"]}.')
+    return arch
+
+
+class LocalVimMixer(nn.Module):
+    """Multi-direction Mamba mixer of a LocalVim layer (official ``MultiMamba``, bimamba v2).
+
+    Args:
+        d_model (int): channels C.
+        directions (Sequence[str]): the K directions of this layer.
+        search (bool): supernet layer with architecture weights. Default: False.
+        d_state (int): SSM state size N. Default: 16.
+        d_conv (int): causal conv kernel. Default: 4.
+        expand (float): inner channels Di = int(expand * C). Default: 2.
+        dt_rank (int | str): 'auto' = ceil(C / 16).
+        official_v_reverse (bool): reproduce the official ``v`` reverse (wrong for H != W).
+        scan_backend (str): selective-scan backend.
+
+    Shapes: (B, T, C) -> (B, T, C), with ``T = H*W`` (+1 for a class token at ``cls_pos``).
+    """
+
+    def __init__(self,
+                 d_model: int,
+                 directions: Sequence[str],
+                 search: bool = False,
+                 d_state: int = 16,
+                 d_conv: int = 4,
+                 expand: float = 2,
+                 dt_rank: Union[int, str] = 'auto',
+                 dt_min: float = 0.001,
+                 dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4,
+                 official_v_reverse: bool = False,
+                 scan_backend: str = 'auto'):
+        super().__init__()
+        d_inner = int(expand * d_model)
+        rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.directions = tuple(directions)
+        self.d_model, self.d_inner, self.d_state, self.d_conv = d_model, d_inner, d_state, d_conv
+        self.dt_rank = rank
+        self.official_v_reverse = official_v_reverse
+        self.scan_backend = scan_backend
+        num_dirs = len(self.directions)
+
+        for i in range(num_dirs):
+            A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+            A_log = nn.Parameter(torch.log(A))
+            D = nn.Parameter(torch.ones(d_inner))
+            A_log._no_weight_decay = True
+            D._no_weight_decay = True
+            self.register_parameter(f'A_log_{i}', A_log)
+            self.register_parameter(f'D_{i}', D)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.multi_scan = MultiScan(self.directions, d_inner, search=search, with_attn=False)
+        dt_std = rank**-0.5
+        for i in range(num_dirs):
+            conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
+            x_proj = nn.Linear(d_inner, rank + 2 * d_state, bias=False)
+            dt_proj = nn.Linear(rank, d_inner, bias=True)
+            nn.init.uniform_(dt_proj.weight, -dt_std, dt_std)
+            dt = torch.exp(
+                torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) +
+                math.log(dt_min)).clamp(min=dt_init_floor)
+            with torch.no_grad():
+                dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
+            self.add_module(f'conv1d_{i}', conv)
+            self.add_module(f'x_proj_{i}', x_proj)
+            self.add_module(f'dt_proj_{i}', dt_proj)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.attn = BiAttn(d_inner)
+
+    def _stacked(self, name: str, attr: Optional[str] = None) -> torch.Tensor:
+        items = [getattr(self, f'{name}_{i}') for i in range(len(self.directions))]
+        if attr is not None:
+            items = [getattr(m, attr) for m in items]
+        return torch.stack(items)
+
+    def scan_outputs(self, x: torch.Tensor, hw: Tuple[int, int],
+                     cls_pos: Optional[int] = None) -> torch.Tensor:
+        """Gated per-direction scan outputs (B, K, T, Di), row-major tokens."""
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2Di, T)
+        return local_vim_scan(
+            xz, hw[0], hw[1], self.directions,
+            conv_weight=self._stacked('conv1d', 'weight').squeeze(2),
+            conv_bias=self._stacked('conv1d', 'bias'),
+            x_proj_weight=self._stacked('x_proj', 'weight'),
+            dt_proj_weight=self._stacked('dt_proj', 'weight'),
+            dt_proj_bias=self._stacked('dt_proj', 'bias'),
+            A_log=self._stacked('A_log'),
+            D=self._stacked('D'),
+            cls_pos=cls_pos,
+            official_v_reverse=self.official_v_reverse,
+            backend=self.scan_backend)
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int],
+                cls_pos: Optional[int] = None) -> torch.Tensor:
+        ys = self.scan_outputs(x, hw, cls_pos)
+        return self.out_proj(self.multi_scan.merge(ys, attn=self.attn))
+
+    def extra_repr(self) -> str:
+        return f'd_model={self.d_model}, d_inner={self.d_inner}, directions={list(self.directions)}'
+
+
+class LocalVimBlock(nn.Module):
+    """Add -> Norm -> Mixer (the Vim ``Block``), on (B, T, C) tokens.
+
+    ``residual = hidden`` (first layer) or ``residual + drop_path(hidden)``; returns
+    ``(mixer(norm(residual)), residual)``. The residual stream is kept in float32: with
+    ``fused_add_norm`` (the official classification models) in ``promote(dtype, float32)``, without
+    it (the official det/seg backbones) cast to float32 exactly as the official unfused block does
+    (the two differ only for float64 models).
+    """
+
+    def __init__(self, dim: int, mixer: nn.Module, rms_norm: bool = True, norm_eps: float = 1e-5,
+                 drop_path: float = 0., fused_add_norm: bool = True):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = nn.RMSNorm(dim, eps=norm_eps) if rms_norm else nn.LayerNorm(dim, eps=norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.fused_add_norm = fused_add_norm
+
+    def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor],
+                hw: Tuple[int, int], cls_pos: Optional[int] = None):
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), hw, cls_pos)
+        if self.fused_add_norm:
+            residual = residual.to(torch.promote_types(residual.dtype, torch.float32))
+        else:
+            residual = residual.float()
+        return hidden, residual
+
+
+class VimPatchEmbed(nn.Module):
+    """Zero-pad to a multiple of the patch (bottom/right), Conv2d(k = s = patch), flatten.
+
+    Shapes: (B, C_in, H, W) -> ((B, ceil(H/p) * ceil(W/p), C), (ceil(H/p), ceil(W/p))).
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor):
+        p = self.patch_size
+        pad_h, pad_w = -x.shape[-2] % p, -x.shape[-1] % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
+
+
+class VimRope(nn.Module):
+    """Rotary embedding tables (persistent buffers ``freqs_cos`` / ``freqs_sin``, (g*g, C))."""
+
+    def __init__(self, dim: int, grid: int, pt_seq_len: int = 14):
+        super().__init__()
+        self.grid = grid
+        cos, sin = rope_tables(dim, grid, pt_seq_len)
+        self.register_buffer('freqs_cos', cos)
+        self.register_buffer('freqs_sin', sin)
+
+    def tables(self, hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for a token grid, each (H*W, C), bicubically resized if needed."""
+        side = (self.grid, self.grid)
+        return (resize_grid_embed(self.freqs_cos, side, hw),
+                resize_grid_embed(self.freqs_sin, side, hw))
+
+
+def _to_2tuple(value, name: str) -> Tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    if len(value) != 2:
+        raise ValueError(f'{name} must be an int or a pair, got {value}.')
+    return int(value[0]), int(value[1])
+
+
+class LocalVim(BaseModule):
+    """LocalVim backbone: plain Vision Mamba with local multi-direction scans.
+
+    Args:
+        arch (str | dict): 'tiny' (LocalVim-T), 'small' (LocalVim-S, what the official
+            ``local_vim_small`` builds: ``[h, h_flip, w2, w2_flip]`` in every layer),
+            'small_searched' (S width with the searched T direction lists, the first, overridden
+            official definition), 'tiny_middle_cls' (no rope, middle class token),
+            'tiny_search' (direction-search supernet), or a dict with ``embed_dim``, ``depth``
+            and optionally ``directions`` (one list per layer; None: supernet), ``rms_norm``
+            (True: RMSNorm, False: LayerNorm), ``norm_eps`` (1e-5), ``fused_add_norm`` (True;
+            False keeps the residual stream in exactly float32 like the official unfused block,
+            which matters only for float64 models), ``if_rope`` (True),
+            ``if_rope_residual`` (True), ``rope_pt_seq_len`` (14), ``middle_cls_token`` (False),
+            ``abs_pos_embed`` (True), ``d_state`` (16), ``d_conv`` (4), ``expand`` (2),
+            ``dt_rank`` ('auto'). Default: 'tiny'.
+        img_size (int | tuple): image size the position embedding and rope tables are built
+            for; other sizes are resized to on the fly. Default: 224.
+        patch_size (int): Default: 16.
+        in_channels (int): Default: 3.
+        out_indices (int | Sequence[int]): layers whose mixer outputs are returned (negative
+            counts from the end), each through its own LayerNorm ``outnorm_{j}``. Default: -1.
+        drop_rate (float): dropout after the position embedding. Default: 0.
+        drop_path_rate (float): stochastic depth; layer i uses ``[0] + linspace(0, r, depth)``
+            at i (the official schedule). Default: 0.1.
+        frozen_stages (int): -1 freezes nothing; 0 the patch/position embeddings (and class
+            token); i >= 1 also layers 0..i-1 and the output norms of those layers. Default: -1.
+        norm_eval (bool): keep batch-norm layers in eval mode (LocalVim has none). Default: False.
+        with_cp (bool): gradient checkpointing per layer. Default: False.
+        official_v_reverse (bool): reproduce the official ``v``/``v_flip`` reverse, which
+            misplaces tokens when the token grid is not square. Default: False.
+        scan_backend (str): 'auto', 'torch', 'triton' or 'mamba_ssm'. Default: 'auto'.
+        pretrained (str, optional): deprecated, use ``init_cfg``.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads
+            official ImageNet checkpoints (position embedding and rope tables resized to this
+            model's grid) and mmdet/mmseg checkpoints.
+
+    Shapes: input (B, in_channels, H, W); output a tuple of (B, embed_dim, ceil(H/p), ceil(W/p))
+    per out index (the class token, if any, is dropped from the maps).
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 img_size: Union[int, Sequence[int]] = 224,
+                 patch_size: int = 16,
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 official_v_reverse: bool = False,
+                 scan_backend: str = 'auto',
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('Give either init_cfg or the deprecated pretrained, not both.')
+            warnings.warn(f'{type(self).__name__}(pretrained=...) is deprecated; use '
+                          'init_cfg=dict(type="Pretrained", checkpoint=...).', DeprecationWarning)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+        if scan_backend not in BACKENDS:
+            raise ValueError(f'Unknown scan_backend {scan_backend!r}; valid: {BACKENDS}.')
+        arch = resolve_vim_arch(arch)
+        self.arch = arch
+        dim, depth = arch['embed_dim'], arch['depth']
+        self.embed_dim = self.num_features = dim
+        self.depth = depth
+        self.patch_size = patch_size
+        self.img_size = _to_2tuple(img_size, 'img_size')
+        self.grid_size = tuple(-(-s // patch_size) for s in self.img_size)
+        self.out_indices = self._check_out_indices(out_indices, depth)
+        if not -1 <= frozen_stages <= depth:
+            raise ValueError(f'frozen_stages must be in [-1, {depth}], got {frozen_stages}.')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.official_v_reverse = official_v_reverse
+        self.middle_cls_token = arch['middle_cls_token']
+        self.if_rope_residual = arch['if_rope'] and arch['if_rope_residual']
+
+        directions, search = resolve_directions(arch['directions'], depth)
+        self.layer_directions = directions
+        self.is_search = all(search)
+
+        # Own parameters first (state-dict order of the official models).
+        if self.middle_cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        num_pos = self.grid_size[0] * self.grid_size[1] + int(self.middle_cls_token)
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, num_pos, dim)) if arch['abs_pos_embed'] else None)
+        self.patch_embed = VimPatchEmbed(in_channels, dim, patch_size)
+        self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.rope = (
+            VimRope(dim, self.grid_size[0], arch['rope_pt_seq_len']) if arch['if_rope'] else None)
+        self._build_head()
+
+        dpr = [0.] + [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.layers = nn.ModuleList([
+            LocalVimBlock(
+                dim,
+                LocalVimMixer(
+                    dim,
+                    directions[i],
+                    search=search[i],
+                    d_state=arch['d_state'],
+                    d_conv=arch['d_conv'],
+                    expand=arch['expand'],
+                    dt_rank=arch['dt_rank'],
+                    official_v_reverse=official_v_reverse,
+                    scan_backend=scan_backend),
+                rms_norm=arch['rms_norm'],
+                norm_eps=arch['norm_eps'],
+                drop_path=dpr[i],
+                fused_add_norm=arch['fused_add_norm']) for i in range(depth)
+        ])
+        self._build_tail(drop_path_rate)
+        self._init_parameters()
+        self._freeze_stages()
+
+    # ----------------------------------------------------------------- construction helpers
+    @staticmethod
+    def _check_out_indices(out_indices, depth: int) -> List[int]:
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        resolved = []
+        for i in indices:
+            if not -depth <= i < depth:
+                raise ValueError(f'out_indices {indices} must be within [-{depth}, {depth}) for '
+                                 f'depth {depth}.')
+            resolved.append(i % depth)
+        if resolved != sorted(set(resolved)):
+            raise ValueError(f'out_indices must be increasing without repeats, got {indices}.')
+        return resolved
+
+    def _build_head(self) -> None:
+        """Modules registered before ``layers`` (classifier head)."""
+
+    def _build_tail(self, drop_path_rate: float) -> None:
+        """Modules registered after ``layers``: the output norms ``outnorm_{j}``."""
+        for j in range(len(self.out_indices)):
+            self.add_module(f'outnorm_{j}', nn.LayerNorm(self.embed_dim))
+
+    def _init_parameters(self) -> None:
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=.02)
+        if self.middle_cls_token:
+            trunc_normal_(self.cls_token, std=.02)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and '.dt_proj_' not in name:
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+                if name.endswith('mixer.out_proj'):
+                    # GPT-2 style: residual-branch outputs scaled down with depth.
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                    with torch.no_grad():
+                        m.weight /= math.sqrt(self.depth)
+            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                if getattr(m, 'bias', None) is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------- mmengine plumbing
+    @property
+    def scan_backend(self) -> str:
+        return self.layers[0].mixer.scan_backend
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Switch the selective-scan backend of every layer."""
+        if backend not in BACKENDS:
+            raise ValueError(f'Unknown scan_backend {backend!r}; valid: {BACKENDS}.')
+        for layer in self.layers:
+            layer.mixer.scan_backend = backend
+
+    def no_weight_decay(self) -> set:
+        """Names of parameters that should not be weight-decayed."""
+        names = {'pos_embed', 'cls_token'}
+        names.update(n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', 0))
+        return names
+
+    def init_weights(self) -> None:
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            from ..utils.checkpoint import load_pretrained
+            logger = MMLogger.get_current_instance()
+            load_pretrained(self, self.init_cfg['checkpoint'],
+                            prefix=self.init_cfg.get('prefix'), logger=logger,
+                            map_location=self.init_cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
+        super().init_weights()
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            self.patch_embed.eval()
+            params = list(self.patch_embed.parameters())
+            params += [p for p in (self.pos_embed, getattr(self, 'cls_token', None))
+                       if p is not None]
+            for p in params:
+                p.requires_grad = False
+        for i in range(max(self.frozen_stages, 0)):
+            modules = [self.layers[i]]
+            if i in self.out_indices:
+                modules.append(getattr(self, f'outnorm_{self.out_indices.index(i)}'))
+            for m in modules:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    # ----------------------------------------------------------------- checkpoint loading
+    def convert_pretrained_state(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Adapt a LocalVim checkpoint to this model (called by ``load_pretrained``).
+
+        * refuses LocalVMamba checkpoints (the official LocalVim-S seg config points at one);
+        * resizes ``pos_embed`` (bicubic, square source grid, keeping a middle class-token
+          entry) and the rope tables ``rope.freqs_cos/sin`` to this model's grid, as the official
+          loader does (the resized checkpoint tables replace the ones built here);
+        * warns loudly when the checkpoint's block norms do not fit this model's norm type.
+        """
+        state = dict(state)
+        if any(k.startswith(('layers.0.blocks.', 'patch_embed.0.')) for k in state):
+            raise ValueError(
+                'This is a LocalVMamba (VSSM) checkpoint, not a LocalVim one: none of its tensors '
+                'fits LocalVim. (The official LocalVim-S UperNet config points at '
+                'local_vssm_small.ckpt; no LocalVim-S checkpoint was published.)')
+        logger = MMLogger.get_current_instance()
+        self._check_norm_type(state, logger)
+        if 'pos_embed' in state and self.pos_embed is not None:
+            pos = state['pos_embed']
+            if pos.shape != self.pos_embed.shape:
+                state['pos_embed'] = self._convert_pos_embed(pos, logger)
+        if self.rope is not None:
+            for key in ('rope.freqs_cos', 'rope.freqs_sin'):
+                table = state.get(key)
+                ours = getattr(self.rope, key.split('.')[1])
+                if table is not None and table.shape != ours.shape:
+                    side = grid_side(table.shape[0], key)
+                    state[key] = resize_grid_embed(table.float(), (side, side),
+                                                   (self.rope.grid, self.rope.grid)).to(
+                                                       table.dtype)
+                    print_log(f'Resized {key} from {side}x{side} to '
+                              f'{self.rope.grid}x{self.rope.grid} (bicubic).', logger=logger)
+        return state
+
+    def _convert_pos_embed(self, pos: torch.Tensor, logger) -> torch.Tensor:
+        num = pos.shape[1]
+        has_cls = num > 1 and math.isqrt(num - 1)**2 == num - 1 and math.isqrt(num)**2 != num
+        src_cls = (num - 1) // 2 if has_cls else None
+        side = grid_side(num - int(has_cls), 'checkpoint pos_embed')
+        dst_hw = self.grid_size
+        dst_cls = dst_hw[0] * dst_hw[1] // 2 if self.middle_cls_token else None
+        if has_cls and not self.middle_cls_token:
+            pos = torch.cat([pos[:, :src_cls], pos[:, src_cls + 1:]], dim=1)
+            src_cls = None
+            print_log('Dropped the class-token entry of the checkpoint pos_embed (this model has '
+                      'no class token).', logger=logger, level=30)
+        elif self.middle_cls_token and not has_cls:
+            raise ValueError(f'The checkpoint pos_embed {tuple(pos.shape)} has no class-token '
+                             f'entry but this model uses a middle class token.')
+        out = resize_pos_embed(pos.float(), (side, side), dst_hw, src_cls, dst_cls).to(pos.dtype)
+        print_log(f'Resized pos_embed from {side}x{side} to {dst_hw[0]}x{dst_hw[1]} (bicubic).',
+                  logger=logger)
+        return out
+
+    def _check_norm_type(self, state: Dict[str, torch.Tensor], logger) -> None:
+        ckpt_has = 'layers.0.norm.weight' in state
+        if not ckpt_has:
+            return
+        ckpt_rms = 'layers.0.norm.bias' not in state
+        model_rms = isinstance(self.layers[0].norm, nn.RMSNorm)
+        if ckpt_rms == model_rms:
+            return
+        ckpt_kind, model_kind = ('RMSNorm', 'LayerNorm') if ckpt_rms else ('LayerNorm', 'RMSNorm')
+        msg = (f'NORM TYPE MISMATCH: the checkpoint\'s block norms are {ckpt_kind} '
+               f'(layers.*.norm {"without" if ckpt_rms else "with"} bias) but this '
+               f'{type(self).__name__} uses {model_kind}. The weights load, but the '
+               f'normalisation differs from training')
+        if ckpt_rms:
+            msg += (' (LayerNorm biases stay at 0 and the tokens get mean-centred). The released '
+                    'LocalVim ImageNet checkpoints use RMSNorm: use rms_norm=True (the default of '
+                    'the LocalVim presets).')
+        else:
+            msg += ' (the checkpoint\'s norm biases are dropped). Use rms_norm=False.'
+        warnings.warn(msg)
+        print_log(msg, logger=logger, level=30)
+
+    # ----------------------------------------------------------------- forward
+    def _pos_embed_for(self, hw: Tuple[int, int]) -> torch.Tensor:
+        if hw == self.grid_size:
+            return self.pos_embed
+        src_cls = dst_cls = None
+        if self.middle_cls_token:
+            src_cls = self.grid_size[0] * self.grid_size[1] // 2
+            dst_cls = hw[0] * hw[1] // 2
+        return resize_pos_embed(self.pos_embed, self.grid_size, hw, src_cls, dst_cls)
+
+    def _embed(self, x: torch.Tensor):
+        """Patch embedding, class token, position embedding.
+
+        Returns:
+            tokens (B, T, C), grid (H, W), class-token index or None.
+        """
+        x, hw = self.patch_embed(x)
+        cls_pos = None
+        if self.middle_cls_token:
+            cls_pos = hw[0] * hw[1] // 2
+            cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
+            x = torch.cat([x[:, :cls_pos], cls, x[:, cls_pos:]], dim=1)
+        if self.pos_embed is not None:
+            x = x + self._pos_embed_for(hw).to(x.dtype)
+        return self.pos_drop(x), hw, cls_pos
+
+    def _run_layer(self, layer, hidden, residual, hw, cls_pos):
+        if self.with_cp and hidden.requires_grad:
+            return cp.checkpoint(layer, hidden, residual, hw, cls_pos, use_reentrant=False)
+        return layer(hidden, residual, hw, cls_pos)
+
+    def forward_tokens(self, x: torch.Tensor, out_indices: Sequence[int] = ()):
+        """Run the embedding and all layers.
+
+        Returns:
+            (mixer outputs (B, T, C) of ``out_indices``, last mixer output, residual stream,
+            grid (H, W), class-token index or None)
+        """
+        hidden, hw, cls_pos = self._embed(x)
+        rope = None
+        if self.rope is not None:
+            rope = [t.to(hidden.dtype) for t in self.rope.tables(hw)]
+        residual = None
+        feats = []
+        wanted = set(out_indices)
+        for i, layer in enumerate(self.layers):
+            if rope is not None:
+                hidden = apply_rope(hidden, *rope)
+                if residual is not None and self.if_rope_residual:
+                    residual = apply_rope(residual, *rope)
+            hidden, residual = self._run_layer(layer, hidden, residual, hw, cls_pos)
+            if i in wanted:
+                feats.append(hidden)
+        return feats, hidden, residual, hw, cls_pos
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, C_in, H, W) -> tuple of (B, C, ceil(H/p), ceil(W/p)), one per out index."""
+        feats, _, _, (height, width), cls_pos = self.forward_tokens(x, self.out_indices)
+        outs = []
+        for j, feat in enumerate(feats):
+            if cls_pos is not None:
+                feat = torch.cat([feat[:, :cls_pos], feat[:, cls_pos + 1:]], dim=1)
+            feat = getattr(self, f'outnorm_{j}')(feat)
+            outs.append(feat.view(-1, height, width, self.embed_dim).permute(0, 3, 1,
+                                                                             2).contiguous())
+        return tuple(outs)
+
+
+class LocalVimClassifier(LocalVim):
+    """LocalVim image classifier with the official ``VisionMamba`` state-dict layout.
+
+    End: ``norm_f(residual + drop_path(last mixer output))``, then the middle class token or the
+    mean over tokens, then ``head``. Takes the arguments of :class:`LocalVim` (without
+    ``out_indices``) plus ``num_classes`` (default 1000).
+
+    Shapes: (B, 3, H, W) -> (B, num_classes).
+    """
+
+    def __init__(self, arch='tiny', num_classes: int = 1000, **kwargs):
+        if 'out_indices' in kwargs:
+            raise TypeError('LocalVimClassifier has no out_indices; use forward_features(x, '
+                            'out_indices) to get layer outputs.')
+        self.num_classes = num_classes
+        super().__init__(arch=arch, out_indices=(), **kwargs)
+
+    def _build_head(self) -> None:
+        self.head = (nn.Linear(self.embed_dim, self.num_classes)
+                     if self.num_classes > 0 else nn.Identity())
+
+    def _build_tail(self, drop_path_rate: float) -> None:
+        arch = self.arch
+        self.final_drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.norm_f = (nn.RMSNorm(self.embed_dim, eps=arch['norm_eps']) if arch['rms_norm'] else
+                       nn.LayerNorm(self.embed_dim, eps=arch['norm_eps']))
+
+    def forward_features(self, x: torch.Tensor,
+                         out_indices: Sequence[int]) -> List[torch.Tensor]:
+        """Mixer outputs (B, T, C) of the given layers (the official ``forward_features(x,
+        out_indices)``), tokens in row-major order with the class token (if any) at T // 2."""
+        indices = self._check_out_indices(out_indices, self.depth)
+        return self.forward_tokens(x, indices)[0]
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, C)."""
+        _, hidden, residual, _, cls_pos = self.forward_tokens(x)
+        hidden = self.norm_f(residual + self.final_drop_path(hidden))
+        return hidden[:, cls_pos] if cls_pos is not None else hidden.mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pre_logits(x))

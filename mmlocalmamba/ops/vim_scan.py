@@ -1,0 +1,181 @@
+"""Multi-direction local scan of a LocalVim (plain, ViT-like LocalMamba) layer.
+
+Unlike LocalVMamba, every LocalVim direction owns its causal conv1d, ``x_proj``, ``dt_proj``,
+``A_log`` and ``D``, the scan input is the *pre-conv* projection ``xz`` (both halves, so the
+gate ``z`` follows the scan order), and the gating ``y * SiLU(z)`` happens inside each
+direction before the outputs are brought back to row-major order.
+
+Sequence layout of direction ``k`` for a ``H x W`` token grid (see
+:mod:`~mmlocalmamba.ops.scan_orders`): the direction's gather table (window directions pad
+with zero tokens, which then go through the conv and **do** write into the SSM state), then,
+for the middle-class-token variant, the class token inserted at index ``cls_pos`` of the
+(padded) sequence. Directions of different lengths are end-padded with zeros to a common
+length and scanned together; as conv and scan are causal, end padding changes nothing.
+"""
+from functools import lru_cache
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .scan_orders import gather_index, inverse_index
+from .selective_scan import selective_scan
+
+__all__ = ['vim_gather_index', 'vim_inverse_index', 'vim_multi_scan', 'vim_multi_reverse',
+           'local_vim_scan']
+
+
+@lru_cache(maxsize=512)
+def _vim_tables(height: int, width: int, directions: Tuple[str, ...], cls_pos: Optional[int],
+                official_v_reverse: bool, device: torch.device):
+    num = height * width
+    pad_token, cls_token = num, num + 1
+    gathers, inverses = [], []
+    for d in directions:
+        gather = gather_index(height, width, d)
+        inverse = inverse_index(height, width, d, official_v_reverse)
+        if cls_pos is not None:
+            gather = torch.cat([gather[:cls_pos], gather.new_tensor([cls_token]),
+                                gather[cls_pos:]])
+            inverse = inverse + (inverse >= cls_pos).long()
+            inverse = torch.cat([inverse[:cls_pos], inverse.new_tensor([cls_pos]),
+                                 inverse[cls_pos:]])
+        gathers.append(gather)
+        inverses.append(inverse)
+    length = max(g.numel() for g in gathers)
+    gather = torch.full((len(directions), length), pad_token, dtype=torch.long)
+    for k, g in enumerate(gathers):
+        gather[k, :g.numel()] = g
+    inverse = torch.stack([inv + k * length for k, inv in enumerate(inverses)])
+    return gather.to(device), inverse.to(device)
+
+
+def _check_cls_pos(height: int, width: int, cls_pos: Optional[int]) -> None:
+    if cls_pos is not None and not 0 <= cls_pos <= height * width:
+        raise ValueError(f'cls_pos must be in [0, {height * width}] for a {height}x{width} grid, '
+                         f'got {cls_pos}.')
+
+
+def vim_gather_index(height: int, width: int, directions: Sequence[str],
+                     cls_pos: Optional[int] = None,
+                     device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Stacked scan tables ``(K, L)`` into a token table of ``H*W`` grid tokens, then one zero
+    padding token (index ``H*W``) and the class token (index ``H*W + 1``)."""
+    _check_cls_pos(height, width, cls_pos)
+    return _vim_tables(height, width, tuple(directions), cls_pos, False, torch.device(device))[0]
+
+
+def vim_inverse_index(height: int, width: int, directions: Sequence[str],
+                      cls_pos: Optional[int] = None, official_v_reverse: bool = False,
+                      device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Stacked reverse tables ``(K, T)`` into the flattened ``(K * L)`` sequences, with
+    ``T = H*W`` (+1 with a class token, which comes back at ``cls_pos``)."""
+    _check_cls_pos(height, width, cls_pos)
+    return _vim_tables(height, width, tuple(directions), cls_pos, bool(official_v_reverse),
+                       torch.device(device))[1]
+
+
+def vim_multi_scan(tokens: torch.Tensor, height: int, width: int, directions: Sequence[str],
+                   cls_pos: Optional[int] = None) -> torch.Tensor:
+    """Read a token sequence in K directions.
+
+    Args:
+        tokens: (B, C, T) row-major tokens, ``T = H*W``, or ``H*W + 1`` with the class token at
+            ``cls_pos``.
+
+    Returns:
+        (B, K, C, L) sequences (zero tokens at window padding and common-length end padding).
+    """
+    batch, channels, num = tokens.shape
+    expected = height * width + (cls_pos is not None)
+    if num != expected:
+        raise ValueError(f'Expected {expected} tokens for a {height}x{width} grid '
+                         f'(cls_pos={cls_pos}), got {num}.')
+    zero = tokens.new_zeros(batch, channels, 1)
+    if cls_pos is None:
+        table = torch.cat([tokens, zero], dim=-1)
+    else:
+        table = torch.cat([tokens[..., :cls_pos], tokens[..., cls_pos + 1:], zero,
+                           tokens[..., cls_pos:cls_pos + 1]], dim=-1)
+    index = vim_gather_index(height, width, directions, cls_pos, tokens.device)
+    seqs = table.index_select(-1, index.flatten())
+    return seqs.view(batch, channels, len(directions), -1).transpose(1, 2)
+
+
+def vim_multi_reverse(seqs: torch.Tensor, height: int, width: int, directions: Sequence[str],
+                      cls_pos: Optional[int] = None,
+                      official_v_reverse: bool = False) -> torch.Tensor:
+    """Inverse of :func:`vim_multi_scan`: (B, K, C, L) -> (B, K, C, T), row-major tokens."""
+    batch, num_dirs, channels, length = seqs.shape
+    index = vim_inverse_index(height, width, directions, cls_pos, official_v_reverse,
+                              seqs.device)
+    flat = seqs.transpose(1, 2).reshape(batch, channels, num_dirs * length)
+    out = flat.index_select(-1, index.flatten())
+    return out.view(batch, channels, num_dirs, -1).transpose(1, 2)
+
+
+def local_vim_scan(xz: torch.Tensor,
+                   height: int,
+                   width: int,
+                   directions: Sequence[str],
+                   conv_weight: torch.Tensor,
+                   conv_bias: Optional[torch.Tensor],
+                   x_proj_weight: torch.Tensor,
+                   dt_proj_weight: torch.Tensor,
+                   dt_proj_bias: torch.Tensor,
+                   A_log: torch.Tensor,
+                   D: torch.Tensor,
+                   cls_pos: Optional[int] = None,
+                   official_v_reverse: bool = False,
+                   backend: str = 'auto') -> torch.Tensor:
+    """The K gated selective scans of one LocalVim layer, outputs in row-major order.
+
+    For direction k (``Di`` inner channels, ``R`` dt rank, ``N`` state size): ``x, z`` = the two
+    halves of ``scan_k(xz)``; ``x = SiLU(causal depth-wise conv1d_k(x))``;
+    ``dt, B, C = split(x_proj_k @ x, [R, N, N])``; ``y = SSM(x, dt_proj_k @ dt, A = -exp(A_log_k),
+    B, C, D_k, delta_bias = dt_bias_k, softplus)``; ``y = y * SiLU(z)``; reverse to row-major.
+
+    Args:
+        xz: (B, 2*Di, T) in-projected tokens, ``T = H*W`` (+1 with a class token at ``cls_pos``).
+        height, width: token grid.
+        directions: K direction names.
+        conv_weight: (K, Di, d_conv) causal depth-wise conv kernels; conv_bias: (K, Di) or None.
+        x_proj_weight: (K, R + 2N, Di).
+        dt_proj_weight: (K, Di, R); dt_proj_bias: (K, Di).
+        A_log: (K, Di, N); D: (K, Di).
+        cls_pos: index of the class token in ``xz`` (and in every direction's sequence).
+        official_v_reverse: reproduce the official ``v``/``v_flip`` reverse (wrong for H != W).
+        backend: selective-scan backend, see :mod:`mmlocalmamba.ops.selective_scan`.
+
+    Returns:
+        (B, K, T, Di) gated scan outputs, row-major tokens, in the dtype of ``xz``.
+    """
+    batch = xz.shape[0]
+    num_dirs, d_inner, d_conv = conv_weight.shape
+    rank = dt_proj_weight.shape[-1]
+    nstate = A_log.shape[-1]
+
+    seqs = vim_multi_scan(xz, height, width, directions, cls_pos)  # (B, K, 2Di, L)
+    length = seqs.shape[-1]
+    x, z = seqs.chunk(2, dim=2)  # (B, K, Di, L) each
+    x = F.conv1d(x.reshape(batch, num_dirs * d_inner, length),
+                 conv_weight.reshape(num_dirs * d_inner, 1, d_conv),
+                 None if conv_bias is None else conv_bias.reshape(-1),
+                 padding=d_conv - 1, groups=num_dirs * d_inner)[..., :length]
+    x = F.silu(x).view(batch, num_dirs, d_inner, length)
+    x_dbl = torch.einsum('bkdl,kcd->bkcl', x, x_proj_weight)
+    dt, Bs, Cs = torch.split(x_dbl, [rank, nstate, nstate], dim=2)
+    delta = torch.einsum('bkrl,kdr->bkdl', dt, dt_proj_weight)
+    y = selective_scan(
+        x.reshape(batch, num_dirs * d_inner, length),
+        delta.reshape(batch, num_dirs * d_inner, length),
+        -torch.exp(A_log.reshape(num_dirs * d_inner, nstate)),
+        Bs,
+        Cs,
+        D.reshape(-1),
+        delta_bias=dt_proj_bias.reshape(-1),
+        softplus=True,
+        backend=backend)
+    y = y.view(batch, num_dirs, d_inner, length) * F.silu(z)
+    y = vim_multi_reverse(y, height, width, directions, cls_pos, official_v_reverse)
+    return y.transpose(2, 3)
