@@ -343,3 +343,17 @@ def test_with_cp_and_frozen_stages():
 def test_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         LocalVim(**kwargs)
+
+
+# --------------------------------------------------------------------------- complexity
+@pytest.mark.parametrize('name,arch', [('local_vim_tiny', 'tiny'), ('local_vim_small', 'small')])
+def test_flops_match_the_reference(name, arch):
+    from mmlocalmamba.utils.flops import count_flops, local_vim_paper_flops
+    with open(reference_path('complexity.json')) as f:
+        ref = json.load(f)[name]
+    with torch.device('meta'):
+        model = LocalVimClassifier(arch)
+    assert sum(p.numel() for p in model.parameters()) == ref['params']
+    assert round(local_vim_paper_flops(model) / 1e9, 3) == ref['GFLOPs_official_method']
+    full = count_flops(model, (1, 3, 224, 224))['total']
+    assert round(full / 1e9, 3) == ref['GFLOPs_fvcore_all_directions_plus_scan_formula']

@@ -5,7 +5,9 @@
     python tools/get_flops.py configs/mmdet/maskrcnn_localvmamba_t.py --shape 800 1344
 
 Selective scans are counted with the 9*B*L*D*N rule of the official code (see
-mmlocalmamba/utils/flops.py); 1 multiply-accumulate = 1 FLOP.
+mmlocalmamba/utils/flops.py); 1 multiply-accumulate = 1 FLOP. For LocalVim models two numbers are
+printed: the full count (all K per-direction projections) and the paper's count (the official
+analytic VisionMamba.flops(), which counts one of the K per-direction conv1d/x_proj/dt_proj).
 """
 import argparse
 import os.path as osp
@@ -16,13 +18,18 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 import torch  # noqa: E402
 
 import mmlocalmamba  # noqa: E402,F401
-from mmlocalmamba.utils.flops import count_flops, count_params  # noqa: E402
+from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops  # noqa: E402
 
 PRESETS = {
     'local_vssm_tiny': dict(type='LocalVMambaClassifier', arch='tiny'),
     'local_vssm_small': dict(type='LocalVMambaClassifier', arch='small'),
     'localvmamba_t': dict(type='LocalVMamba', arch='tiny'),
     'localvmamba_s': dict(type='LocalVMamba', arch='small'),
+    'local_vim_tiny': dict(type='LocalVimClassifier', arch='tiny'),
+    'local_vim_small': dict(type='LocalVimClassifier', arch='small'),
+    'local_vim_tiny_middle_cls': dict(type='LocalVimClassifier', arch='tiny_middle_cls'),
+    'localvim_t': dict(type='LocalVim', arch='tiny'),
+    'localvim_s': dict(type='LocalVim', arch='small'),
 }
 
 
@@ -54,8 +61,14 @@ def main(argv=None):
     print(f'model: {args.target} ({type(model).__name__}), input 1x3x{shape[0]}x{shape[1]}')
     print(f'params: {params:,} ({params / 1e6:.2f} M)')
     print(f'FLOPs:  {counts["total"] / 1e9:.3f} G')
+    if 'LocalVimMixer' in counts:
+        head = getattr(model, 'head', None)
+        paper = local_vim_paper_flops(model, shape, getattr(head, 'out_features', 0))
+        counts['paper'] = paper
+        print(f'  (full count: all per-direction projections; the paper counts one of them: '
+              f'{paper / 1e9:.3f} G, official VisionMamba.flops())')
     for name, value in sorted(counts.items()):
-        if name != 'total':
+        if name not in ('total', 'paper'):
             print(f'  {name:<20s} {value / 1e9:8.3f} G')
     return counts, params
 
