@@ -44,12 +44,58 @@ def _chunk_size(length: int) -> int:
     return max(1, int(math.ceil(math.sqrt(length))))
 
 
+def _recurrence_(decay: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """In place: turn ``states`` (holding the inputs) into ``h_t = decay_t * h_{t-1} + in_t``.
+
+    Two-level chunked formulation: the recurrence runs inside chunks of ~sqrt(L) steps for all
+    chunks at once, then each chunk receives the state carried in from the previous one, so only
+    ~2*sqrt(L) sequential steps are taken, each over a whole slab of the tensor.
+
+    Args:
+        decay, states: (B, D, L, N); ``states`` is overwritten and returned.
+    """
+    batch, channels, length, nstate = states.shape
+    chunk = _chunk_size(length)
+    nchunks = -(-length // chunk)
+    pad = nchunks * chunk - length
+    work = F.pad(states, (0, 0, 0, pad)) if pad else states
+    decay = F.pad(decay, (0, 0, 0, pad), value=1.0) if pad else decay
+    work = work.view(batch, channels, nchunks, chunk, nstate)
+    decay = decay.reshape(batch, channels, nchunks, chunk, nstate)
+    for t in range(1, chunk):  # local states, zero state at each chunk start
+        work[:, :, :, t].addcmul_(decay[:, :, :, t], work[:, :, :, t - 1])
+    cumdecay = torch.cumprod(decay, dim=3)
+    for c in range(1, nchunks):  # carry the last state of chunk c-1 into chunk c
+        work[:, :, c].addcmul_(cumdecay[:, :, c], work[:, :, c - 1, -1:])
+    if pad:
+        states.copy_(work.view(batch, channels, nchunks * chunk, nstate)[:, :, :length])
+    return states
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """``h_t = decay_t * h_{t-1} + inp_t`` along dim 2 with ``h_{-1} = 0``, on (B, D, L, N).
+
+    The backward is the same recurrence run backwards in time:
+    ``g_t = grad_t + decay_{t+1} * g_{t+1}``, ``d inp_t = g_t``, ``d decay_t = g_t * h_{t-1}``.
+    """
+
+    @staticmethod
+    def forward(ctx, decay, inp):
+        states = _recurrence_(decay, inp.clone())
+        ctx.save_for_backward(decay, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad):
+        decay, states = ctx.saved_tensors
+        next_decay = torch.cat([decay[:, :, 1:], torch.ones_like(decay[:, :, :1])], dim=2)
+        grad_inp = _recurrence_(next_decay.flip(2), grad.flip(2).contiguous()).flip(2)
+        prev_states = torch.cat([torch.zeros_like(states[:, :, :1]), states[:, :, :-1]], dim=2)
+        return grad_inp * prev_states, grad_inp
+
+
 def _linear_recurrence(decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     """All states of ``h_t = decay_t * h_{t-1} + inp_t`` (h_{-1} = 0) along dim 2.
-
-    Two-level chunked formulation: states inside chunks of ~sqrt(L) steps are computed for all
-    chunks at once, then the chunk carries are propagated, so only ~2*sqrt(L) sequential steps
-    are taken. Everything is differentiable by autograd.
 
     Args:
         decay, inp: (B, D, L, N).
@@ -57,31 +103,7 @@ def _linear_recurrence(decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, D, L, N).
     """
-    batch, channels, length, nstate = inp.shape
-    chunk = _chunk_size(length)
-    nchunks = -(-length // chunk)
-    pad = nchunks * chunk - length
-    if pad:
-        decay = F.pad(decay, (0, 0, 0, pad), value=1.0)
-        inp = F.pad(inp, (0, 0, 0, pad))
-    decay = decay.view(batch, channels, nchunks, chunk, nstate)
-    inp = inp.view(batch, channels, nchunks, chunk, nstate)
-
-    # Level 1: local states (zero initial state) and cumulative decays inside every chunk.
-    local = [inp[:, :, :, 0]]
-    for t in range(1, chunk):
-        local.append(torch.addcmul(inp[:, :, :, t], decay[:, :, :, t], local[-1]))
-    local = torch.stack(local, dim=3)
-    cumdecay = torch.cumprod(decay, dim=3)
-
-    # Level 2: the state entering each chunk.
-    carries = [torch.zeros_like(local[:, :, 0, -1])]
-    for c in range(nchunks - 1):
-        carries.append(torch.addcmul(local[:, :, c, -1], cumdecay[:, :, c, -1], carries[-1]))
-    carries = torch.stack(carries, dim=2)
-
-    states = torch.addcmul(local, cumdecay, carries.unsqueeze(3))
-    return states.view(batch, channels, nchunks * chunk, nstate)[:, :, :length]
+    return _LinearRecurrence.apply(decay.contiguous(), inp.contiguous())
 
 
 def selective_scan_torch(u: torch.Tensor,
