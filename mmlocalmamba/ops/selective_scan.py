@@ -30,14 +30,14 @@ __all__ = ['selective_scan', 'selective_scan_torch', 'available_backends', 'reso
 BACKENDS = ('auto', 'torch', 'triton', 'mamba_ssm')
 
 
-def _expand_groups(bc: torch.Tensor, channels: int) -> torch.Tensor:
-    """(B, N, L) or (B, G, N, L) -> (B, D or 1, N, L) broadcastable over channels."""
+def _group_view(bc: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, N, L) or (B, G, N, L) -> time-major (L, B, G, 1, N)."""
     if bc.dim() == 3:
-        return bc.unsqueeze(1)
+        bc = bc.unsqueeze(1)
     groups = bc.shape[1]
     if channels % groups:
         raise ValueError(f'{channels} channels cannot be split into {groups} B/C groups.')
-    return bc.repeat_interleave(channels // groups, dim=1)
+    return bc.permute(3, 0, 1, 2).unsqueeze(3)
 
 
 def _chunk_size(length: int) -> int:
@@ -47,33 +47,41 @@ def _chunk_size(length: int) -> int:
 def _recurrence_(decay: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """In place: turn ``states`` (holding the inputs) into ``h_t = decay_t * h_{t-1} + in_t``.
 
-    Two-level chunked formulation: the recurrence runs inside chunks of ~sqrt(L) steps for all
-    chunks at once, then each chunk receives the state carried in from the previous one, so only
-    ~2*sqrt(L) sequential steps are taken, each over a whole slab of the tensor.
+    Time-major: dim 0 is time, the rest is flattened. Two-level chunked formulation: the
+    recurrence runs inside chunks of ~sqrt(L) steps for all chunks at once, then each chunk
+    receives the state carried in from the previous one, so only ~2*sqrt(L) sequential steps
+    are taken, each over contiguous rows of the tensor.
 
     Args:
-        decay, states: (B, D, L, N); ``states`` is overwritten and returned.
+        decay, states: (L, ...) contiguous; ``states`` is overwritten and returned.
     """
-    batch, channels, length, nstate = states.shape
+    length = states.shape[0]
     chunk = _chunk_size(length)
     nchunks = -(-length // chunk)
     pad = nchunks * chunk - length
-    work = F.pad(states, (0, 0, 0, pad)) if pad else states
-    decay = F.pad(decay, (0, 0, 0, pad), value=1.0) if pad else decay
-    work = work.view(batch, channels, nchunks, chunk, nstate)
-    decay = decay.reshape(batch, channels, nchunks, chunk, nstate)
-    for t in range(1, chunk):  # local states, zero state at each chunk start
-        work[:, :, :, t].addcmul_(decay[:, :, :, t], work[:, :, :, t - 1])
-    cumdecay = torch.cumprod(decay, dim=3)
-    for c in range(1, nchunks):  # carry the last state of chunk c-1 into chunk c
-        work[:, :, c].addcmul_(cumdecay[:, :, c], work[:, :, c - 1, -1:])
+    flat_states = states.view(length, -1)
+    flat_decay = decay.view(length, -1)
     if pad:
-        states.copy_(work.view(batch, channels, nchunks * chunk, nstate)[:, :, :length])
+        work = F.pad(flat_states, (0, 0, 0, pad))
+        flat_decay = F.pad(flat_decay, (0, 0, 0, pad), value=1.0)
+    else:
+        work = flat_states
+    work = work.view(nchunks, chunk, -1)
+    flat_decay = flat_decay.view(nchunks, chunk, -1)
+    for t in range(1, chunk):  # local states, zero state at each chunk start
+        work[:, t].addcmul_(flat_decay[:, t], work[:, t - 1])
+    cumdecay = flat_decay.clone()  # (a loop of row products beats torch.cumprod on dim 1)
+    for t in range(1, chunk):
+        cumdecay[:, t].mul_(cumdecay[:, t - 1])
+    for c in range(1, nchunks):  # carry the last state of chunk c-1 into chunk c
+        work[c].addcmul_(cumdecay[c], work[c - 1, -1:])
+    if pad:
+        flat_states.copy_(work.view(nchunks * chunk, -1)[:length])
     return states
 
 
 class _LinearRecurrence(torch.autograd.Function):
-    """``h_t = decay_t * h_{t-1} + inp_t`` along dim 2 with ``h_{-1} = 0``, on (B, D, L, N).
+    """``h_t = decay_t * h_{t-1} + inp_t`` along dim 0 with ``h_{-1} = 0``.
 
     The backward is the same recurrence run backwards in time:
     ``g_t = grad_t + decay_{t+1} * g_{t+1}``, ``d inp_t = g_t``, ``d decay_t = g_t * h_{t-1}``.
@@ -88,20 +96,20 @@ class _LinearRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         decay, states = ctx.saved_tensors
-        next_decay = torch.cat([decay[:, :, 1:], torch.ones_like(decay[:, :, :1])], dim=2)
-        grad_inp = _recurrence_(next_decay.flip(2), grad.flip(2).contiguous()).flip(2)
-        prev_states = torch.cat([torch.zeros_like(states[:, :, :1]), states[:, :, :-1]], dim=2)
+        next_decay = torch.cat([decay[1:], torch.ones_like(decay[:1])], dim=0)
+        grad_inp = _recurrence_(next_decay.flip(0), grad.flip(0).contiguous()).flip(0)
+        prev_states = torch.cat([torch.zeros_like(states[:1]), states[:-1]], dim=0)
         return grad_inp * prev_states, grad_inp
 
 
 def _linear_recurrence(decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-    """All states of ``h_t = decay_t * h_{t-1} + inp_t`` (h_{-1} = 0) along dim 2.
+    """All states of ``h_t = decay_t * h_{t-1} + inp_t`` (h_{-1} = 0) along dim 0.
 
     Args:
-        decay, inp: (B, D, L, N).
+        decay, inp: (L, ...) of the same shape.
 
     Returns:
-        (B, D, L, N).
+        (L, ...).
     """
     return _LinearRecurrence.apply(decay.contiguous(), inp.contiguous())
 
@@ -114,22 +122,28 @@ def selective_scan_torch(u: torch.Tensor,
                          D: Optional[torch.Tensor] = None,
                          delta_bias: Optional[torch.Tensor] = None,
                          softplus: bool = False) -> torch.Tensor:
-    """Pure-PyTorch selective scan (see the module docstring for shapes and semantics)."""
+    """Pure-PyTorch selective scan (see the module docstring for shapes and semantics).
+
+    Works time-major internally: the state tensors are (L, B, G, D/G, N), so every step of
+    the recurrence touches contiguous memory.
+    """
     out_dtype = u.dtype
     dtype = torch.promote_types(u.dtype, torch.float32)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
-    channels = u.shape[1]
+    batch, channels, length = u.shape
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
     if softplus:
         delta = F.softplus(delta)
-    Bx = _expand_groups(B, channels)  # (B, D|1, N, L)
-    Cx = _expand_groups(C, channels)
-    # (B, D, L, N) recurrence inputs.
-    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
-    inp = (delta * u).unsqueeze(-1) * Bx.transpose(-1, -2)
-    states = _linear_recurrence(decay, inp)
-    y = torch.einsum('bdln,bdnl->bdl', states, Cx.expand(-1, channels, -1, -1))
+    Bt = _group_view(B, channels)  # (L, B, G, 1, N)
+    Ct = _group_view(C, channels)
+    groups = Bt.shape[2]
+    # time-major (L, B, G, D/G, 1) views of the per-channel inputs
+    delta_t = delta.permute(2, 0, 1).contiguous().view(length, batch, groups, -1, 1)
+    du_t = (delta * u).permute(2, 0, 1).contiguous().view(length, batch, groups, -1, 1)
+    decay = torch.exp(delta_t * A.view(groups, -1, A.shape[-1]))
+    states = _linear_recurrence(decay, du_t * Bt)  # (L, B, G, D/G, N)
+    y = (states * Ct).sum(-1).view(length, batch, channels).permute(1, 2, 0)
     if D is not None:
         y = y + u * D.to(dtype)[:, None]
     return y.to(out_dtype)
