@@ -36,6 +36,11 @@ UNPUBLISHED = {
     'The LocalVMamba-T ImageNet checkpoint (local_vssm_tiny.ckpt) was never published by the '
     'authors. Train from scratch (init_cfg=None) or give the path of your own checkpoint: '
     "init_cfg=dict(type='Pretrained', checkpoint='/path/to/local_vssm_tiny.ckpt').",
+    'local_vim_small.ckpt':
+    'No LocalVim-S ImageNet checkpoint link was published (the official README and UperNet '
+    'config point at local_vssm_small.ckpt, a LocalVMamba file that does not fit LocalVim). '
+    'Train from scratch (init_cfg=None) or give the path of your own checkpoint: '
+    "init_cfg=dict(type='Pretrained', checkpoint='/path/to/local_vim_small.ckpt').",
 }
 
 
