@@ -99,12 +99,17 @@ class MultiScan(nn.Module):
 def resolve_directions(directions, num_layers: int, candidates: Sequence[str] = ALL_DIRECTIONS):
     """Per-layer direction tuples and whether each layer is a search layer.
 
-    ``directions=None`` makes every layer a supernet layer over ``candidates``.
+    ``directions=None`` makes every layer a supernet layer over ``candidates`` (default: the 8
+    directions of the paper, :data:`ALL_DIRECTIONS`); ``candidates`` is ignored otherwise.
 
     Returns:
         (list of tuples of names, list of bools)
     """
     if directions is None:
+        if isinstance(candidates, str):
+            raise ValueError(f'candidates must be a list of direction names, got {candidates!r}.')
         cands = direction_lists([list(candidates)], 1)[0]
+        if len(set(cands)) != len(cands):
+            raise ValueError(f'candidates must not repeat a direction, got {list(cands)}.')
         return [cands] * num_layers, [True] * num_layers
     return direction_lists(directions, num_layers), [False] * num_layers

@@ -18,6 +18,7 @@ from mmengine.model import BaseModule
 from timm.layers import DropPath, trunc_normal_
 
 from ..ops.local_scan import local_selective_scan
+from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.selective_scan import BACKENDS
 from .layers import MultiScan, resolve_directions
 
@@ -60,7 +61,7 @@ LOCAL_VMAMBA_ARCHS: Dict[str, dict] = {
 }
 
 _DEFAULT_DIRECTIONS = ['h', 'h_flip', 'v', 'v_flip']
-_ARCH_KEYS = {'dims', 'depths', 'directions', 'd_state', 'ssm_ratio', 'dt_rank'}
+_ARCH_KEYS = {'dims', 'depths', 'directions', 'candidates', 'd_state', 'ssm_ratio', 'dt_rank'}
 
 
 def _resolve_arch(arch: Union[str, dict]) -> dict:
@@ -90,6 +91,10 @@ def _resolve_arch(arch: Union[str, dict]) -> dict:
     arch['depths'] = list(arch['depths'])
     if 'directions' not in arch:
         arch['directions'] = [_DEFAULT_DIRECTIONS] * sum(arch['depths'])
+    if arch.get('candidates') is not None and arch['directions'] is not None:
+        raise ValueError('arch "candidates" only applies to a search supernet (directions=None); '
+                         'remove it or set directions=None.')
+    arch['candidates'] = tuple(arch.get('candidates') or ALL_DIRECTIONS)
     arch.setdefault('d_state', 16)
     arch.setdefault('ssm_ratio', 2.0)
     arch.setdefault('dt_rank', 'auto')
@@ -220,7 +225,8 @@ class LocalVMamba(BaseModule):
     Args:
         arch (str | dict): 'tiny', 'small', 'tiny_search' or a dict with ``dims`` (list, or an int
             doubled per stage), ``depths``, and optionally ``directions`` (one list of names per
-            block, flat over stages; None builds a direction-search supernet), ``d_state`` (16),
+            block, flat over stages; None builds a direction-search supernet), ``candidates``
+            (the supernet's candidate directions, default the paper's 8), ``d_state`` (16),
             ``ssm_ratio`` (2.0), ``dt_rank`` ('auto'). Default: 'tiny'.
         in_channels (int): image channels. Default: 3.
         patch_size (int): patch embedding stride. Default: 4.
@@ -288,7 +294,8 @@ class LocalVMamba(BaseModule):
         self.with_cp = with_cp
         self.official_v_reverse = official_v_reverse
 
-        directions, search = resolve_directions(arch['directions'], sum(depths))
+        directions, search = resolve_directions(arch['directions'], sum(depths),
+                                                arch['candidates'])
         self.layer_directions = directions
         self.is_search = all(search)
 
