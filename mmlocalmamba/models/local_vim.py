@@ -609,7 +609,8 @@ class LocalVim(BaseModule):
             cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
             x = torch.cat([x[:, :cls_pos], cls, x[:, cls_pos:]], dim=1)
         if self.pos_embed is not None:
-            x = x + self._pos_embed_for(hw).to(x.dtype)
+            # no cast: under autocast the float32 embedding promotes the tokens (as officially)
+            x = x + self._pos_embed_for(hw)
         return self.pos_drop(x), hw, cls_pos
 
     def _run_layer(self, layer, hidden, residual, hw, cls_pos):
@@ -625,9 +626,7 @@ class LocalVim(BaseModule):
             grid (H, W), class-token index or None)
         """
         hidden, hw, cls_pos = self._embed(x)
-        rope = None
-        if self.rope is not None:
-            rope = [t.to(hidden.dtype) for t in self.rope.tables(hw)]
+        rope = self.rope.tables(hw) if self.rope is not None else None
         residual = None
         feats = []
         wanted = set(out_indices)
