@@ -9,21 +9,23 @@
 #
 # Inherits the full LocalVim-T recipe (cascade-maskrcnn_localvim_t_lsj.py: LSJ, simple feature
 # pyramid, LN heads, layer-decay AdamW) and changes only what a small CPU run needs: backbone
-# size, data, image size (LSJ at 256), schedule and learning rate.
+# size, neck/head width (128) and number of proposals, data, image size (LSJ at 256), schedule
+# and learning rate.
 _base_ = ['./cascade-maskrcnn_localvim_t_lsj.py']
 
 image_size = (256, 256)
 depth = 4
 num_classes = 4
+width = 128  # neck and head channels (256 in the full recipe)
 norm_cfg = dict(type='LN2d', requires_grad=True)
 
 
 def _cascade_box_head(target_stds):  # the base's heads with 4 classes (lists do not merge)
     return dict(
         type='Shared4Conv1FCBBoxHead',
-        in_channels=256,
-        conv_out_channels=256,
-        fc_out_channels=1024,
+        in_channels=width,
+        conv_out_channels=width,
+        fc_out_channels=512,
         roi_feat_size=7,
         num_classes=num_classes,
         norm_cfg=norm_cfg,
@@ -48,14 +50,20 @@ model = dict(
         img_size=image_size,
         out_indices=(depth - 1, ),
         init_cfg=None),  # from scratch: no ImageNet weights exist for this size
-    neck=dict(in_channels=64),
+    neck=dict(in_channels=64, out_channels=width),
+    rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=width),
+        mask_roi_extractor=dict(out_channels=width),
         bbox_head=[
             _cascade_box_head([0.1, 0.1, 0.2, 0.2]),
             _cascade_box_head([0.05, 0.05, 0.1, 0.1]),
             _cascade_box_head([0.033, 0.033, 0.067, 0.067]),
         ],
-        mask_head=dict(num_classes=num_classes)))
+        mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=num_classes)),
+    # at most 128 proposals per image into the cascade in training (2000 in the full recipe)
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=128)),
+    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=200), rcnn=dict(max_per_img=50)))
 del _cascade_box_head  # configs may only hold data
 
 # Synthetic data (classes as mmlocalmamba.datasets.demo_data.COCO_DEMO_CLASSES/_PALETTE).
