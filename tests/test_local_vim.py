@@ -357,3 +357,13 @@ def test_flops_match_the_reference(name, arch):
     assert round(local_vim_paper_flops(model) / 1e9, 3) == ref['GFLOPs_official_method']
     full = count_flops(model, (1, 3, 224, 224))['total']
     assert round(full / 1e9, 3) == ref['GFLOPs_fvcore_all_directions_plus_scan_formula']
+
+
+def test_search_supernet_with_custom_candidates():
+    model = LocalVim(arch=dict(embed_dim=32, depth=2, directions=None,
+                               candidates=['h', 'v_flip', 'w3']), out_indices=(1, ))
+    assert model.is_search and model.layer_directions == [('h', 'v_flip', 'w3')] * 2
+    out = model(torch.randn(1, 3, 64, 80))
+    assert out[0].shape == (1, 32, 4, 5)
+    with pytest.raises(ValueError, match='only applies to a search supernet'):
+        LocalVim(arch=dict(embed_dim=32, depth=1, directions=[['h']], candidates=['h']))

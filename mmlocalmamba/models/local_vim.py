@@ -32,6 +32,7 @@ from mmengine.model import BaseModule
 from timm.layers import DropPath, trunc_normal_
 
 from ..ops.pos_embed import apply_rope, grid_side, resize_grid_embed, resize_pos_embed, rope_tables
+from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.selective_scan import BACKENDS
 from ..ops.vim_scan import local_vim_scan
 from .layers import BiAttn, MultiScan, resolve_directions
@@ -81,7 +82,7 @@ _ARCH_DEFAULTS = dict(
     d_conv=4,
     expand=2,
     dt_rank='auto')
-_ARCH_KEYS = {'embed_dim', 'depth', 'directions'} | set(_ARCH_DEFAULTS)
+_ARCH_KEYS = {'embed_dim', 'depth', 'directions', 'candidates'} | set(_ARCH_DEFAULTS)
 _DEFAULT_DIRECTIONS = ['h', 'h_flip', 'v', 'v_flip']
 
 
@@ -106,6 +107,10 @@ def resolve_vim_arch(arch: Union[str, dict]) -> dict:
         raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}.')
     for key, value in _ARCH_DEFAULTS.items():
         arch.setdefault(key, value)
+    if arch.get('candidates') is not None and arch['directions'] is not None:
+        raise ValueError('arch "candidates" only applies to a search supernet (directions=None); '
+                         'remove it or set directions=None.')
+    arch['candidates'] = tuple(arch.get('candidates') or ALL_DIRECTIONS)
     if arch['middle_cls_token'] and arch['if_rope']:
         raise ValueError('LocalVim cannot combine rotary embedding (if_rope=True) with the middle '
                          'class token (the official code does not support it either); use '
@@ -373,7 +378,7 @@ class LocalVim(BaseModule):
         self.middle_cls_token = arch['middle_cls_token']
         self.if_rope_residual = arch['if_rope'] and arch['if_rope_residual']
 
-        directions, search = resolve_directions(arch['directions'], depth)
+        directions, search = resolve_directions(arch['directions'], depth, arch['candidates'])
         self.layer_directions = directions
         self.is_search = all(search)
 
