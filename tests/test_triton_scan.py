@@ -240,9 +240,14 @@ def test_plain_selective_scan(groups, softplus, dtype, tol):
     def rnd(*s, scale=1.0):
         return torch.randn(*s, device='cuda', generator=g, dtype=torch.float64) * scale
 
-    ins = [rnd(batch, channels, length), rnd(batch, channels, length, scale=0.5),
+    # Without softplus the deltas must stay positive, or the reference state grows without bound.
+    delta = rnd(batch, channels, length, scale=0.5)
+    if not softplus:
+        delta = delta.abs() + 0.05
+    ins = [rnd(batch, channels, length), delta,
            -torch.rand(channels, nstate, device='cuda', generator=g, dtype=torch.float64) * 4,
-           rnd(*shape), rnd(*shape), rnd(channels), rnd(channels, scale=0.3)]
+           rnd(*shape), rnd(*shape), rnd(channels),
+           rnd(channels, scale=0.3).abs() if not softplus else rnd(channels, scale=0.3)]
     ins = [t.to(dtype).double() for t in ins]
     ref_in = [t.clone().requires_grad_(True) for t in ins]
     ref = selective_scan_torch(*ref_in, softplus=softplus)

@@ -5,20 +5,20 @@ through an index table, gathers its inputs from natural (row-major) token order,
 state in fp32 registers and writes every output straight to its natural position. No permuted or
 padded copy of any tensor is made. See :mod:`mmlocalmamba.ops.triton_scan` for the tensors.
 
-Register tiles are 3-D, ``(CH, N, DL)``: channel ``d = d0 + ch * DL + dl`` and state ``n``.
-With ``DL = 32 * num_warps`` (forward) a thread owns one channel and all ``N`` states; with
-``DL = 8`` and one warp (backward) 4 lanes share the ``N`` states of a channel and a thread
-holds ``CH`` channels, which balances the reductions over ``N`` and over channels. The
-per-channel tables (``A * log2(e)``, the delta projection) are stored channel-minor,
-``(K, N, D)`` and ``(K, RP, D)``, so that their loads steer the compiler to those layouts.
+The scan order is processed in chunks of ``T`` steps. A chunk's index-table entries and inputs are
+loaded as tiles at once (one memory round trip per chunk, not per step), and the recurrence over
+the chunk runs as an associative scan along the tile's first axis, which lives in each thread's
+registers. Tiles are 4-D, ``(T, CH, N, DL)``: step ``t``, channel ``d = d0 + ch * DL + dl`` and
+state ``n``; with one warp, ``DL`` lanes go along channels and ``32 / DL`` along ``N``.
 
 Scan step ``t`` of direction ``k`` reads token ``p = gather[k, t]`` (``p >= num_tokens`` is a zero
 padding token: u = B = C = 0 and dt = 0, so the state only decays) and writes its output at
 ``q = scatter[k, t]`` (the natural position, or the position the official ``v`` reverse puts it).
 
-Backward: per chunk of ``T`` steps, in reverse chunk order, the forward is recomputed from a
-checkpointed state (written by a forward pass with ``STORE_CK``, every ``T`` steps) keeping the
-``T`` states of the chunk in registers, then the reverse recurrence runs over the chunk.
+Backward: chunks in reverse order; each recomputes its states from a checkpoint (written every
+``T`` steps by a forward pass with ``STORE_CK``), then runs the reverse recurrence
+``dh_t = C_t g_t + decay_{t+1} dh_{t+1}`` as a scan over the flipped step axis. ``decay_{t+1}``
+comes from loading the chunk shifted by one step.
 """
 import triton
 import triton.language as tl
@@ -32,9 +32,26 @@ def _softplus(x):
 
 
 @triton.jit
-def _step_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY: tl.constexpr,
-                 SEPARATE_SCATTER: tl.constexpr):
-    """(p, q, p valid, q valid) of scan step ``t`` (int64 token indices)."""
+def _linear_combine(a1, b1, a2, b2):
+    """Compose two steps of h -> a * h + b (first 1, then 2)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _last_row(tile, tt, T: tl.constexpr):
+    """Row T-1 of a (T, ...) tile, keeping the axis: (1, ...)."""
+    return tl.sum(tl.where(tt == T - 1, tile, 0.0), axis=0, keep_dims=True)
+
+
+@triton.jit
+def _first_row(tile, tt):
+    return tl.sum(tl.where(tt == 0, tile, 0.0), axis=0, keep_dims=True)
+
+
+@triton.jit
+def _chunk_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY: tl.constexpr,
+                  SEPARATE_SCATTER: tl.constexpr):
+    """Token read (p) and written (q) by steps ``t`` (T,1,1,1) (int32), with validity."""
     live = t < length
     if IDENTITY:
         p = t
@@ -47,35 +64,25 @@ def _step_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY: tl.constex
             q = p
     pv = (p < num_tokens) & live
     qv = (q < num_tokens) & live
-    return p.to(tl.int64), q.to(tl.int64), pv, qv
+    return p, q, pv, qv
 
 
 @triton.jit
-def _step_inputs(x_row, sx_l, dt_row, sdt_l, b_row, sb_l, c_row, sc_l, w, bias, a2, p, pv,
-                 dmask, rmask, DELTA_FULL: tl.constexpr, SOFTPLUS: tl.constexpr,
-                 NEED_C: tl.constexpr):
-    """Inputs of one step: u (CH,1,DL), delta before/after softplus (CH,1,DL), B, C (1,N,1),
-    decay exp(delta*A) (CH,N,DL) and the low-rank dt (1,RP,1) (= delta if DELTA_FULL)."""
-    u = tl.load(x_row + p * sx_l, mask=dmask & pv, other=0.0).to(tl.float32)
+def _chunk_delta(dt_base, dt_off, sdt_l, w, bias, p, pv, dmask, rmask, n0,
+                 DELTA_FULL: tl.constexpr):
+    """delta before softplus (T,CH,1,DL) and the low-rank dt tile (T,CH,RP,DL) (or delta).
+
+    ``dt_off`` is a full-tile offset, so every load is in the tiles' register layout.
+    """
     if DELTA_FULL:
-        draw = tl.load(dt_row + p * sdt_l, mask=dmask & pv, other=0.0).to(tl.float32)
+        dtr = tl.load(dt_base + (dt_off + p * sdt_l), mask=dmask & pv,
+                      other=0.0).to(tl.float32)
+        draw = tl.sum(tl.where(n0, dtr, 0.0), axis=2, keep_dims=True)
     else:
-        dtr = tl.load(dt_row + p * sdt_l, mask=rmask & pv, other=0.0).to(tl.float32)
-        draw = tl.sum(w * dtr, axis=1, keep_dims=True)
-    if DELTA_FULL:
-        dtr = draw
-    draw = draw + bias
-    if SOFTPLUS:
-        delta = _softplus(draw)
-    else:
-        delta = draw
-    bv = tl.load(b_row + p * sb_l, mask=pv, other=0.0).to(tl.float32)
-    if NEED_C:
-        cv = tl.load(c_row + p * sc_l, mask=pv, other=0.0).to(tl.float32)
-    else:
-        cv = bv
-    decay = tl.exp2(delta * a2)
-    return u, draw, delta, bv, cv, decay, dtr
+        dtr = tl.load(dt_base + (dt_off + p * sdt_l), mask=dmask & rmask & pv,
+                      other=0.0).to(tl.float32)
+        draw = tl.sum(w * dtr, axis=2, keep_dims=True)
+    return draw + bias, dtr
 
 
 @triton.jit(do_not_specialize=['tab_sd'])
@@ -99,66 +106,89 @@ def scan_fwd_kernel(
     Grid: (batch * num_dirs, cdiv(num_ch, CH * DL)).
     ``a2``: (K, N, D) = A * log2(e); ``w``: (K, RP, D) delta projection (unused if DELTA_FULL);
     ``dskip``, ``bias``: (K, D); ``ck``: (B, K, num_ck, N, D) fp32, slot c = state before chunk c.
+    ``tab_sd`` is 1 (see the comment at its use).
     """
     pid_bk = tl.program_id(0)
     pid_d = tl.program_id(1)
     bidx = (pid_bk // num_dirs).to(tl.int64)
     k = pid_bk % num_dirs
-    ch = tl.arange(0, CH)[:, None, None]
-    n = tl.arange(0, N)[None, :, None]
-    dl = tl.arange(0, DL)[None, None, :]
-    r = tl.arange(0, RP)[None, :, None]
+    tt = tl.arange(0, T)[:, None, None, None]
+    ch = tl.arange(0, CH)[None, :, None, None]
+    n = tl.arange(0, N)[None, None, :, None]
+    dl = tl.arange(0, DL)[None, None, None, :]
+    r = tl.arange(0, RP)[None, None, :, None]
     d = pid_d * (CH * DL) + ch * DL + dl
     dmask = d < num_ch
     rmask = r < rank
-    # tab_sd == 1 at run time but is not specialised: addresses built from td / tn carry no
-    # contiguity, so the compiler keeps every load and store in the (CH, N, DL) register layout
-    # instead of vectorising them into another layout and converting each step.
+    # tab_sd == 1 at run time but is not specialised: addresses built from td / tn / tr carry no
+    # contiguity, so the compiler keeps loads and stores in the tiles' register layout instead of
+    # vectorising them into another layout and converting every chunk.
     td = d * tab_sd
     tn = n * tab_sd
     tr = r * tab_sd
     tkd = k * num_ch + td
+    zero_n = tn * 0  # (1,1,N,1): broadcasts (.., 1, ..) pointers to full tiles
+    zero_d = td * 0  # (1,CH,1,DL)
+    n0 = n == 0
 
     a2 = tl.load(a2_ptr + (k * N + tn) * num_ch + td, mask=dmask, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + tkd, mask=dmask, other=0.0)
     else:
-        bias = tl.zeros([CH, 1, DL], tl.float32)
+        bias = tl.zeros([1, CH, 1, DL], tl.float32)
     if HAS_D:
         dskip = tl.load(dskip_ptr + tkd, mask=dmask, other=0.0)
     else:
-        dskip = tl.zeros([CH, 1, DL], tl.float32)
+        dskip = tl.zeros([1, CH, 1, DL], tl.float32)
     if DELTA_FULL:
-        w = tl.zeros([CH, RP, DL], tl.float32)
-        dt_row = dt_ptr + bidx * sdt_b + k * sdt_k + td * sdt_r
+        w = tl.zeros([1, CH, RP, DL], tl.float32)
+        dt_off = td * sdt_r + zero_n
     else:
         w = tl.load(w_ptr + (k * RP + tr) * num_ch + td, mask=dmask, other=0.0)
-        dt_row = dt_ptr + bidx * sdt_b + k * sdt_k + tr * sdt_r
-    x_row = x_ptr + bidx * sx_b + k * sx_k + td * sx_d
-    b_row = b_ptr + bidx * sb_b + k * sb_k + tn * sb_n
-    c_row = c_ptr + bidx * sc_b + k * sc_k + tn * sc_n
-    y_row = y_ptr + bidx * sy_b + k * sy_k + td * sy_d
+        dt_off = tr * sdt_r + zero_d
+    # Scalar (batch, direction) base pointers plus int32 full-tile (1, CH, N|RP, DL) offsets:
+    # broadcast operands are loaded in the tiles' layout, and no 64-bit pointer tiles stay live.
+    dt_base = dt_ptr + bidx * sdt_b + k * sdt_k
+    x_base = x_ptr + bidx * sx_b + k * sx_k
+    x_off = td * sx_d + zero_n
+    b_base = b_ptr + bidx * sb_b + k * sb_k
+    b_off = tn * sb_n + zero_d
+    c_base = c_ptr + bidx * sc_b + k * sc_k
+    c_off = tn * sc_n + zero_d
+    y_base = y_ptr + bidx * sy_b + k * sy_k
+    y_off = td * sy_d + zero_n
     gidx_row = gidx_ptr + k * table_len
     sidx_row = sidx_ptr + k * table_len
-    ck_row = ck_ptr + ((bidx * num_dirs + k) * num_ck * N + tn) * num_ch + td
+    ck_base = ck_ptr + (bidx * num_dirs + k) * num_ck * N * num_ch
+    ck_off = tn * num_ch + td
 
     length = tl.load(len_ptr + k)
     num_chunks = tl.cdiv(length, T)
-    h = tl.zeros([CH, N, DL], tl.float32)
+    h0 = tl.zeros([1, CH, N, DL], tl.float32)
     for c in range(0, num_chunks):
-        for j in tl.static_range(T):
-            t = c * T + j
-            p, q, pv, qv = _step_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY,
-                                        SEPARATE_SCATTER)
-            u, draw, delta, bv, cv, decay, dtr = _step_inputs(
-                x_row, sx_l, dt_row, sdt_l, b_row, sb_l, c_row, sc_l, w, bias, a2, p, pv,
-                dmask, rmask, DELTA_FULL, SOFTPLUS, STORE_Y)
-            h = decay * h + (delta * u) * bv
-            if STORE_Y:
-                y = tl.sum(h * cv, axis=1, keep_dims=True) + dskip * u
-                tl.store(y_row + q * sy_l, y, mask=dmask & qv)
+        t = c * T + tt
+        p, q, pv, qv = _chunk_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY,
+                                     SEPARATE_SCATTER)
+        u = tl.load(x_base + (x_off + p * sx_l), mask=dmask & pv, other=0.0).to(tl.float32)
+        draw, dtr = _chunk_delta(dt_base, dt_off, sdt_l, w, bias, p, pv, dmask, rmask, n0,
+                                 DELTA_FULL)
+        if SOFTPLUS:
+            delta = _softplus(draw)
+        else:
+            delta = draw
+        bv = tl.load(b_base + (b_off + p * sb_l), mask=dmask & pv, other=0.0).to(tl.float32)
+        decay = tl.exp2(delta * a2)
+        acc_a, acc_b = tl.associative_scan((decay, (delta * u) * bv), 0, _linear_combine)
+        h = acc_b + acc_a * h0
+        if STORE_Y:
+            cv = tl.load(c_base + (c_off + p * sc_l), mask=dmask & pv, other=0.0).to(tl.float32)
+            # The D skip is added once per channel (state 0) inside the sum over states.
+            y = tl.sum(h * cv + tl.where(n0, dskip * u, 0.0), axis=2, keep_dims=True)
+            tl.store(y_base + (y_off + q * sy_l), y + zero_n, mask=dmask & qv & n0)
+        h0 = _last_row(h, tt, T)
         if STORE_CK:
-            tl.store(ck_row + (c + 1) * (N * num_ch), h, mask=dmask & (c + 1 < num_chunks))
+            tl.store(ck_base + (ck_off + (c + 1) * (N * num_ch)), h0,
+                     mask=dmask & (c + 1 < num_chunks))
 
 
 @triton.jit(do_not_specialize=['tab_sd'])
@@ -182,7 +212,7 @@ def scan_bwd_kernel(
         T: tl.constexpr, DELTA_FULL: tl.constexpr, HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
         SEPARATE_SCATTER: tl.constexpr, DU_ATOMIC: tl.constexpr):
-    """Backward scan (reverse order, chunks of T steps recomputed from checkpoints).
+    """Backward scan (reverse chunk order, states recomputed from checkpoints).
 
     Writes: ``du`` at natural positions (stored, or atomically added when several directions
     share it, ``DU_ATOMIC``); ``ddt`` = d(delta before softplus) stored (DELTA_FULL) or d(low-rank
@@ -193,124 +223,139 @@ def scan_bwd_kernel(
     pid_d = tl.program_id(1)
     bidx = (pid_bk // num_dirs).to(tl.int64)
     k = pid_bk % num_dirs
-    ch = tl.arange(0, CH)[:, None, None]
-    n = tl.arange(0, N)[None, :, None]
-    dl = tl.arange(0, DL)[None, None, :]
-    r = tl.arange(0, RP)[None, :, None]
+    tt = tl.arange(0, T)[:, None, None, None]
+    ch = tl.arange(0, CH)[None, :, None, None]
+    n = tl.arange(0, N)[None, None, :, None]
+    dl = tl.arange(0, DL)[None, None, None, :]
+    r = tl.arange(0, RP)[None, None, :, None]
     d = pid_d * (CH * DL) + ch * DL + dl
     dmask = d < num_ch
     rmask = r < rank
-    # tab_sd == 1 at run time but is not specialised: addresses built from td / tn carry no
-    # contiguity, so the compiler keeps every load and store in the (CH, N, DL) register layout
-    # instead of vectorising them into another layout and converting each step.
     td = d * tab_sd
     tn = n * tab_sd
     tr = r * tab_sd
     tkd = k * num_ch + td
+    zero_n = tn * 0
+    zero_d = td * 0  # (1,CH,1,DL)
+    n0 = n == 0
+    lead = (ch == 0) & (dl == 0)  # the lanes that write sums over channels
 
     a2 = tl.load(a2_ptr + (k * N + tn) * num_ch + td, mask=dmask, other=0.0)
     a_nat = a2 * LN2
     if HAS_BIAS:
         bias = tl.load(bias_ptr + tkd, mask=dmask, other=0.0)
     else:
-        bias = tl.zeros([CH, 1, DL], tl.float32)
+        bias = tl.zeros([1, CH, 1, DL], tl.float32)
     if HAS_D:
         dskip = tl.load(dskip_ptr + tkd, mask=dmask, other=0.0)
     else:
-        dskip = tl.zeros([CH, 1, DL], tl.float32)
+        dskip = tl.zeros([1, CH, 1, DL], tl.float32)
     if DELTA_FULL:
-        w = tl.zeros([CH, RP, DL], tl.float32)
-        dt_row = dt_ptr + bidx * sdt_b + k * sdt_k + td * sdt_r
-        ddt_row = ddt_ptr + bidx * sddt_b + k * sddt_k + td * sddt_r
+        w = tl.zeros([1, CH, RP, DL], tl.float32)
+        dt_off = td * sdt_r + zero_n
+        ddt_off = td * sddt_r + zero_n
     else:
         w = tl.load(w_ptr + (k * RP + tr) * num_ch + td, mask=dmask, other=0.0)
-        dt_row = dt_ptr + bidx * sdt_b + k * sdt_k + tr * sdt_r
-        ddt_row = ddt_ptr + bidx * sddt_b + k * sddt_k + tr * sddt_r
-    x_row = x_ptr + bidx * sx_b + k * sx_k + td * sx_d
-    b_row = b_ptr + bidx * sb_b + k * sb_k + tn * sb_n
-    c_row = c_ptr + bidx * sc_b + k * sc_k + tn * sc_n
-    dy_row = dy_ptr + bidx * sy_b + k * sy_k + td * sy_d
-    du_row = du_ptr + bidx * sdu_b + k * sdu_k + td * sdu_d
-    db_row = db_ptr + bidx * sdb_b + k * sdb_k + tn * sdb_n
-    dc_row = dc_ptr + bidx * sdc_b + k * sdc_k + tn * sdc_n
+        dt_off = tr * sdt_r + zero_d
+        ddt_off = tr * sddt_r + zero_d
+    dt_base = dt_ptr + bidx * sdt_b + k * sdt_k
+    ddt_base = ddt_ptr + bidx * sddt_b + k * sddt_k
+    x_base = x_ptr + bidx * sx_b + k * sx_k
+    x_off = td * sx_d + zero_n
+    b_base = b_ptr + bidx * sb_b + k * sb_k
+    b_off = tn * sb_n + zero_d
+    c_base = c_ptr + bidx * sc_b + k * sc_k
+    c_off = tn * sc_n + zero_d
+    dy_base = dy_ptr + bidx * sy_b + k * sy_k
+    dy_off = td * sy_d + zero_n
+    du_base = du_ptr + bidx * sdu_b + k * sdu_k
+    du_off = td * sdu_d + zero_n
+    db_base = db_ptr + bidx * sdb_b + k * sdb_k
+    db_off = tn * sdb_n + zero_d
+    dc_base = dc_ptr + bidx * sdc_b + k * sdc_k
+    dc_off = tn * sdc_n + zero_d
     gidx_row = gidx_ptr + k * table_len
     sidx_row = sidx_ptr + k * table_len
-    ck_row = ck_ptr + ((bidx * num_dirs + k) * num_ck * N + tn) * num_ch + td
-
-    zero3 = tl.zeros([CH, N, DL], tl.int32)
-    zero3r = tl.zeros([CH, RP, DL], tl.int32)
-    zeron = tl.zeros([CH, N, DL], tl.int32)
-    lead = (ch == 0) & (dl == 0) & (n >= 0)
-    lead_r = (ch == 0) & (dl == 0) & (r >= 0)
-    n0 = n == 0
+    ck_base = ck_ptr + (bidx * num_dirs + k) * num_ck * N * num_ch
+    ck_off = tn * num_ch + td
 
     length = tl.load(len_ptr + k)
     num_chunks = tl.cdiv(length, T)
-    dh = tl.zeros([CH, N, DL], tl.float32)
-    da_acc = tl.zeros([CH, N, DL], tl.float32)
-    dd_acc = tl.zeros([CH, 1, DL], tl.float32)
-    dbias_acc = tl.zeros([CH, 1, DL], tl.float32)
-    dw_acc = tl.zeros([CH, RP, DL], tl.float32)
+    dh_next = tl.zeros([1, CH, N, DL], tl.float32)  # dh at the first step of the later chunk
+    da_acc = tl.zeros([1, CH, N, DL], tl.float32)
+    dd_acc = tl.zeros([1, CH, 1, DL], tl.float32)
+    dbias_acc = tl.zeros([1, CH, 1, DL], tl.float32)
+    dw_acc = tl.zeros([1, CH, RP, DL], tl.float32)
     for ci in range(0, num_chunks):
         c = num_chunks - 1 - ci
-        h = tl.load(ck_row + c * (N * num_ch), mask=dmask & (c > 0), other=0.0)
-        hist = ()
-        for j in tl.static_range(T):
-            t = c * T + j
-            p, q, pv, qv = _step_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY,
-                                        SEPARATE_SCATTER)
-            u, draw, delta, bv, cv, decay, dtr = _step_inputs(
-                x_row, sx_l, dt_row, sdt_l, b_row, sb_l, c_row, sc_l, w, bias, a2, p, pv,
-                dmask, rmask, DELTA_FULL, SOFTPLUS, False)
-            h = decay * h + (delta * u) * bv
-            hist = hist + (h, )
-        for j in tl.static_range(T - 1, -1, -1):
-            t = c * T + j
-            p, q, pv, qv = _step_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY,
-                                        SEPARATE_SCATTER)
-            u, draw, delta, bv, cv, decay, dtr = _step_inputs(
-                x_row, sx_l, dt_row, sdt_l, b_row, sb_l, c_row, sc_l, w, bias, a2, p, pv,
-                dmask, rmask, DELTA_FULL, SOFTPLUS, True)
-            g = tl.load(dy_row + q * sy_l, mask=dmask & qv, other=0.0).to(tl.float32)
-            hj = hist[j]
-            dh = dh + cv * g
-            du_ = tl.sum(dh * bv, axis=1, keep_dims=True) * delta + dskip * g
-            dbu = delta * u
-            h_prev_decayed = hj - dbu * bv  # decay_t * h_{t-1}
-            ddelta = tl.sum(dh * (u * bv + a_nat * h_prev_decayed), axis=1, keep_dims=True)
-            da_acc += dh * h_prev_decayed * delta
-            if SOFTPLUS:
-                ddraw = ddelta / (1.0 + tl.exp(-draw))
-            else:
-                ddraw = ddelta
-            dbias_acc += ddraw
-            dd_acc += g * u
-            # Sums over channels, written by the lanes of channel (ch, dl) = (0, 0) only; the
-            # (CH, N, DL)-shaped pointers keep the atomics in the register layout.
-            dc_t = tl.sum(tl.sum(g * hj, axis=0, keep_dims=True), axis=2, keep_dims=True)
-            db_t = tl.sum(tl.sum(dh * dbu, axis=0, keep_dims=True), axis=2, keep_dims=True)
-            tl.atomic_add(dc_row + p * sdc_l + zero3, dc_t + zero3, mask=lead & pv,
+        t = c * T + tt
+        p, q, pv, qv = _chunk_tokens(gidx_row, sidx_row, t, length, num_tokens, IDENTITY,
+                                     SEPARATE_SCATTER)
+        pn, qn, pnv, qnv = _chunk_tokens(gidx_row, sidx_row, t + 1, length, num_tokens,
+                                         IDENTITY, False)
+        h0 = tl.load(ck_base + (ck_off + c * (N * num_ch)), mask=dmask & (c > 0), other=0.0)
+        u = tl.load(x_base + (x_off + p * sx_l), mask=dmask & pv, other=0.0).to(tl.float32)
+        g = tl.load(dy_base + (dy_off + q * sy_l), mask=dmask & qv, other=0.0).to(tl.float32)
+        draw, dtr = _chunk_delta(dt_base, dt_off, sdt_l, w, bias, p, pv, dmask, rmask, n0,
+                                 DELTA_FULL)
+        draw_n, _ = _chunk_delta(dt_base, dt_off, sdt_l, w, bias, pn, pnv, dmask, rmask, n0,
+                                 DELTA_FULL)
+        if SOFTPLUS:
+            delta = _softplus(draw)
+            delta_n = _softplus(draw_n)
+        else:
+            delta = draw
+            delta_n = draw_n
+        bv = tl.load(b_base + (b_off + p * sb_l), mask=dmask & pv, other=0.0).to(tl.float32)
+        cv = tl.load(c_base + (c_off + p * sc_l), mask=dmask & pv, other=0.0).to(tl.float32)
+        dbu = delta * u
+        # States of the chunk.
+        acc_a, acc_b = tl.associative_scan((tl.exp2(delta * a2), dbu * bv), 0, _linear_combine)
+        h = acc_b + acc_a * h0
+        # Adjoints: dh_t = C_t g_t + decay_{t+1} dh_{t+1}, scanned from the chunk's end, where
+        # dh_{t0+T} (first step of the later chunk) is carried over.
+        decay_n = tl.exp2(delta_n * a2)
+        # (associative_scan(reverse=True) lowers through lane shuffles; flips of the in-register
+        # step axis are free.)
+        rev_a, rev_b = tl.associative_scan((tl.flip(decay_n, 0), tl.flip(cv * g, 0)), 0,
+                                           _linear_combine)
+        dh = tl.flip(rev_b, 0) + tl.flip(rev_a, 0) * dh_next
+        dh_next = _first_row(dh, tt)
+
+        du = tl.sum(dh * bv * delta + tl.where(n0, dskip * g, 0.0), axis=2, keep_dims=True)
+        h_prev_decayed = h - dbu * bv  # decay_t * h_{t-1}
+        ddelta = tl.sum(dh * (u * bv + a_nat * h_prev_decayed), axis=2, keep_dims=True)
+        da_acc += tl.sum(dh * h_prev_decayed * delta, axis=0, keep_dims=True)
+        if SOFTPLUS:
+            ddraw = ddelta / (1.0 + tl.exp(-draw))
+        else:
+            ddraw = ddelta
+        dbias_acc += tl.sum(ddraw, axis=0, keep_dims=True)
+        dd_acc += tl.sum(tl.sum(tl.where(n0, g * u, 0.0), axis=2, keep_dims=True), axis=0,
+                         keep_dims=True)
+        # Sums over channels, written by the lanes of channel (ch, dl) = (0, 0) only.
+        dc_t = tl.sum(tl.sum(g * h, axis=1, keep_dims=True), axis=3, keep_dims=True)
+        db_t = tl.sum(tl.sum(dh * dbu, axis=1, keep_dims=True), axis=3, keep_dims=True)
+        tl.atomic_add(dc_base + (dc_off + p * sdc_l), dc_t + zero_d, mask=lead & pv,
+                      sem='relaxed')
+        tl.atomic_add(db_base + (db_off + p * sdb_l), db_t + zero_d, mask=lead & pv,
+                      sem='relaxed')
+        if DELTA_FULL:
+            tl.store(ddt_base + (ddt_off + p * sddt_l), ddraw + zero_n, mask=dmask & pv & n0)
+        else:
+            dw_acc += tl.sum(ddraw * dtr, axis=0, keep_dims=True)
+            ddtr = tl.sum(tl.sum(w * ddraw, axis=1, keep_dims=True), axis=3, keep_dims=True)
+            tl.atomic_add(ddt_base + (ddt_off + p * sddt_l), ddtr + zero_d,
+                          mask=lead & rmask & pv, sem='relaxed')
+        if DU_ATOMIC:
+            tl.atomic_add(du_base + (du_off + p * sdu_l), du + zero_n, mask=dmask & pv & n0,
                           sem='relaxed')
-            tl.atomic_add(db_row + p * sdb_l + zero3, db_t + zero3, mask=lead & pv,
-                          sem='relaxed')
-            if DELTA_FULL:
-                tl.store(ddt_row + p * sddt_l + zeron, ddraw + zeron, mask=dmask & pv & n0)
-            else:
-                dw_acc += ddraw * dtr
-                ddtr = tl.sum(tl.sum(w * ddraw, axis=0, keep_dims=True), axis=2,
-                              keep_dims=True)
-                tl.atomic_add(ddt_row + p * sddt_l + zero3r, ddtr + zero3r,
-                              mask=lead_r & rmask & pv, sem='relaxed')
-            if DU_ATOMIC:
-                tl.atomic_add(du_row + p * sdu_l + zeron, du_ + zeron, mask=dmask & pv & n0,
-                              sem='relaxed')
-            else:
-                tl.store(du_row + p * sdu_l + zeron, du_ + zeron, mask=dmask & pv & n0)
-            dh = decay * dh
+        else:
+            tl.store(du_base + (du_off + p * sdu_l), du + zero_n, mask=dmask & pv & n0)
 
     part = bidx * num_dirs * num_ch + tkd
     tl.store(da_ptr + part * N + tn, da_acc, mask=dmask)
-    tl.store(dd_ptr + part, dd_acc, mask=dmask)
-    tl.store(dbias_ptr + part, dbias_acc, mask=dmask)
+    tl.store(dd_ptr + part + zero_n, dd_acc + zero_n, mask=dmask & n0)
+    tl.store(dbias_ptr + part + zero_n, dbias_acc + zero_n, mask=dmask & n0)
     if not DELTA_FULL:
         tl.store(dw_ptr + ((bidx * num_dirs + k) * RP + tr) * num_ch + td, dw_acc, mask=dmask)

@@ -24,7 +24,9 @@ How the local scan runs (see ``_triton_scan_kernels`` for the kernels):
 
 Triton is imported only when a kernel is first needed, so this module imports without triton.
 """
+import json
 import math
+import os
 from collections import namedtuple
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -39,16 +41,21 @@ __all__ = ['is_available', 'scan_tables', 'ScanTables', 'local_selective_scan_tr
 LOG2E = 1.4426950408889634
 
 #: Launch configuration (tuned on an H100, see docs/kernel_notes.md). ``fwd``: forward kernel;
-#: ``bwd``: backward kernel and its checkpoint pass (``T`` = steps per chunk = checkpoint
-#: spacing). ``CH * DL`` channels per program; ``DL >= 32`` means one channel per thread.
+#: ``bwd``: backward kernel (``T`` = steps per chunk = checkpoint spacing; its checkpoint pass
+#: runs the forward kernel with that ``T``). A program (``num_warps`` = 1) scans ``CH * DL``
+#: channels, ``T`` steps per chunk; ``DL`` lanes go along channels, ``32 / DL`` along states.
 #: ``du_atomic``: the backward adds the K directions' input gradients atomically into one
 #: buffer instead of writing K buffers and summing them.
 KERNEL_CONFIG = {
-    'fwd': dict(CH=1, DL=32, T=8, num_warps=1),
-    'bwd': dict(CH=2, DL=8, T=8, num_warps=1),
+    'fwd': dict(CH=1, DL=8, T=8, num_warps=1),
+    'bwd': dict(CH=1, DL=8, T=4, num_warps=1),
     'du_atomic': False,
     'x_channels_last': True,
 }
+# Developer override, e.g. MMLOCALMAMBA_TRITON_CONFIG='{"bwd": {"CH": 1, "DL": 8, "T": 8,
+# "num_warps": 1, "maxnreg": 128}}' (keys replace those of KERNEL_CONFIG).
+if os.environ.get('MMLOCALMAMBA_TRITON_CONFIG'):
+    KERNEL_CONFIG.update(json.loads(os.environ['MMLOCALMAMBA_TRITON_CONFIG']))
 
 _LAUNCH_OPTIONS = ('num_warps', 'maxnreg')
 
