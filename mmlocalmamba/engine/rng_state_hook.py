@@ -11,7 +11,7 @@ The states are plain tensors, tuples and NumPy arrays, so checkpoints stay loada
 ``torch.load(weights_only=True)`` (see :mod:`mmlocalmamba.utils.safe_load`).
 """
 import random
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -52,22 +52,36 @@ def set_rng_states(state: Dict[str, Any]) -> None:
 class RNGStateHook(Hook):
     """Keep generator states in checkpoints so that resumed training is reproducible.
 
-    ``before_save_checkpoint`` adds ``checkpoint['rng_states']``: a list with one
-    :func:`get_rng_states` dict per rank. ``after_load_checkpoint`` restores this rank's entry,
-    but only when the runner resumes (``resume=True``): loading weights for fine-tuning or
-    testing (``load_from``) keeps the fresh seed.
+    Checkpoints get ``checkpoint['rng_states']``: a list with one :func:`get_rng_states` dict
+    per rank. ``after_load_checkpoint`` restores this rank's entry, but only when the runner
+    resumes (``resume=True``): loading weights for fine-tuning or testing (``load_from``) keeps
+    the fresh seed.
+
+    Only rank 0 saves checkpoints, so in distributed runs the ranks' states are gathered after
+    every training iteration (one small collective), before :class:`CheckpointHook` (priority
+    VERY_LOW) may save, and after the other hooks of the iteration (priority LOW and higher)
+    ran. Single-process runs just read the state when saving.
 
     Checkpoints written without this hook, or by a run with another number of ranks, resume
     with a warning and the runner's seed.
     """
 
-    priority = 'VERY_LOW'
+    priority = 80  # after LOW (ParamSchedulerHook, 70), before VERY_LOW (CheckpointHook, 90)
+
+    def __init__(self):
+        self._gathered: Optional[List[Dict[str, Any]]] = None
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        _, world_size = get_dist_info()
+        if world_size > 1:
+            self._gathered = all_gather_object(get_rng_states())
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         _, world_size = get_dist_info()
-        states = get_rng_states()
-        checkpoint[CHECKPOINT_KEY] = (all_gather_object(states) if world_size > 1 else
-                                      [states])
+        if world_size == 1:
+            checkpoint[CHECKPOINT_KEY] = [get_rng_states()]
+        elif self._gathered is not None:
+            checkpoint[CHECKPOINT_KEY] = self._gathered
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if not getattr(runner, '_resume', False):
