@@ -5,8 +5,9 @@
 #   bash tools/train_demo_long.sh            # foreground; or: nohup bash tools/train_demo_long.sh &
 #
 # Environment: EPOCHS (24), TIME_LIMIT seconds for training (1200: the curve is plotted from
-# whatever finished), LONG_WORK_DIR (work_dirs/demo_long), CURVE (docs/demo_curve.png),
-# PYTHON (default: the environment of tools/setup_env.sh).
+# whatever finished; calling the script again resumes), LONG_WORK_DIR (work_dirs/demo_long),
+# CURVE (docs/demo_curve.png; numbers in docs/demo_curve.json), PYTHON (default: the
+# environment of tools/setup_env.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,9 +23,15 @@ START=$SECONDS
 # Same recipe as the demo config, stretched: LR steps at 3/4 and 11/12 of the epochs.
 STEP1=$((EPOCHS * 3 / 4))
 STEP2=$((EPOCHS * 11 / 12))
+# A second call continues an interrupted run (checkpoints every 4 epochs) instead of restarting.
+RESUME=()
+if [ -f "$WORK/last_checkpoint" ]; then
+  RESUME=(--resume)
+  echo "[train_demo_long] resuming from $(cat "$WORK/last_checkpoint")"
+fi
 rc=0
 timeout "$TIME_LIMIT" "$PY" tools/train.py configs/mmdet/demo_maskrcnn_localvmamba.py \
-  --work-dir "$WORK" --cfg-options \
+  --work-dir "$WORK" "${RESUME[@]}" --cfg-options \
   "train_cfg.max_epochs=$EPOCHS" train_cfg.val_interval=1 \
   "param_scheduler.1.end=$EPOCHS" "param_scheduler.1.milestones=[$STEP1,$STEP2]" \
   default_hooks.checkpoint.interval=4 || rc=$?
@@ -34,5 +41,8 @@ elif [ "$rc" != 0 ]; then
   echo "[train_demo_long] training failed (exit $rc)" >&2
   exit "$rc"
 fi
-"$PY" tools/plot_curve.py "$WORK" --out "$CURVE" --json "${CURVE%.png}.json"
+if ! "$PY" tools/plot_curve.py "$WORK" --out "$CURVE" --json "${CURVE%.png}.json"; then
+  echo "[train_demo_long] nothing to plot: no validation finished within the time limit" >&2
+  exit 1
+fi
 echo "[train_demo_long] work dir $WORK, curve $CURVE, wall time $((SECONDS - START)) s"

@@ -353,7 +353,10 @@ def train_main(argv: Optional[Sequence[str]] = None):
     prepare_train_config(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp,
                          launcher=args.launcher)
     runner = build_runner(cfg)
-    return runner.train()
+    try:
+        return runner.train()
+    finally:
+        _close_process_group()
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
@@ -364,10 +367,24 @@ def test_main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     prepare_test_config(cfg, args.checkpoint, work_dir=args.work_dir, tta=args.tta,
                         show_dir=args.show_dir, out=args.out, launcher=args.launcher)
     runner = build_runner(cfg)
-    metrics = runner.test()
-    if args.metrics_out:
-        _write_metrics(metrics, args.metrics_out)
-    return metrics
+    try:
+        metrics = runner.test()
+        if args.metrics_out:
+            _write_metrics(metrics, args.metrics_out)
+        return metrics
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Shut the process group down before the interpreter exits.
+
+    mmengine leaves it open; a gloo group torn down at interpreter exit can abort the process
+    (``terminate called without an active exception``) after a successful run.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _write_metrics(metrics: Dict[str, Any], path: str) -> None:
