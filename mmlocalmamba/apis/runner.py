@@ -64,7 +64,8 @@ def setup_scope(scope: str) -> None:
     Idempotent. Sets ``scope`` as mmengine's default scope.
     """
     if scope not in SUPPORTED_SCOPES:
-        raise ValueError(f'Unsupported scope {scope!r}; expected one of {sorted(SUPPORTED_SCOPES)}.')
+        raise ValueError(
+            f'Unsupported scope {scope!r}; expected one of {sorted(SUPPORTED_SCOPES)}.')
     register_safe_globals()
     importlib.import_module('mmlocalmamba')
     importlib.import_module('mmlocalmamba.engine')
