@@ -147,3 +147,23 @@ def test_registered_in_root_registry_from_any_directory(tmp_path):
                          text=True, check=True)
     assert out.stdout.strip() == 'LocalVMamba'
     assert not osp.exists(tmp_path / 'mmlocalmamba')
+
+
+def test_import_allow_lists_mmengine_checkpoints_for_plain_torch_load(tmp_path):
+    """mmdet/mmseg's own tools call torch.load(weights_only=True) on mmengine checkpoints."""
+    import subprocess
+    import sys
+    path = str(tmp_path / 'epoch_1.pth')
+    hb = HistoryBuffer()
+    hb.update(1.0)
+    torch.save({'meta': {'seed': np.int64(0)}, 'message_hub': {'log_scalars': {'loss': hb}},
+                'state_dict': {'w': torch.ones(1)}}, path)
+    code = ('import sys, torch; f = sys.argv[1]\n'
+            'try:\n    torch.load(f, weights_only=True); print("loaded-before")\n'
+            'except Exception:\n    print("refused-before")\n'
+            'import mmlocalmamba\n'
+            'ckpt = torch.load(f, weights_only=True)\n'
+            'print(ckpt["message_hub"]["log_scalars"]["loss"].mean())\n')
+    out = subprocess.run([sys.executable, '-c', code, path], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ['refused-before', '1.0']
