@@ -1,4 +1,5 @@
 """Building blocks shared by the LocalMamba backbones."""
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -7,7 +8,21 @@ import torch.nn.functional as F
 
 from ..ops.scan_orders import ALL_DIRECTIONS, direction_lists
 
-__all__ = ['BiAttn', 'MultiScan', 'resolve_directions']
+__all__ = ['BiAttn', 'MultiScan', 'resolve_directions', 'ssm_a_log_init', 'ssm_dt_bias_init']
+
+
+def ssm_a_log_init(rows: int, d_state: int) -> torch.Tensor:
+    """S4D-real initialisation of ``A_log``: row r is ``log(1 .. d_state)``, (rows, N)."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(rows, 1))
+
+
+def ssm_dt_bias_init(shape, dt_min: float = 0.001, dt_max: float = 0.1,
+                     floor: float = 1e-4) -> torch.Tensor:
+    """Bias of the delta projection: ``softplus^-1(dt)`` with dt log-uniform in [min, max]."""
+    dt = torch.exp(
+        torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) +
+        math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
 
 
 class BiAttn(nn.Module):

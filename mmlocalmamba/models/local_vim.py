@@ -35,7 +35,7 @@ from ..ops.pos_embed import apply_rope, grid_side, resize_grid_embed, resize_pos
 from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.selective_scan import BACKENDS
 from ..ops.vim_scan import local_vim_scan
-from .layers import BiAttn, MultiScan, resolve_directions
+from .layers import BiAttn, MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 
 __all__ = ['LocalVim', 'LocalVimClassifier', 'LocalVimMixer', 'LocalVimBlock',
            'LOCAL_VIM_ARCHS']
@@ -162,8 +162,7 @@ class LocalVimMixer(nn.Module):
         num_dirs = len(self.directions)
 
         for i in range(num_dirs):
-            A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
-            A_log = nn.Parameter(torch.log(A))
+            A_log = nn.Parameter(ssm_a_log_init(d_inner, d_state))
             D = nn.Parameter(torch.ones(d_inner))
             A_log._no_weight_decay = True
             D._no_weight_decay = True
@@ -177,11 +176,8 @@ class LocalVimMixer(nn.Module):
             x_proj = nn.Linear(d_inner, rank + 2 * d_state, bias=False)
             dt_proj = nn.Linear(rank, d_inner, bias=True)
             nn.init.uniform_(dt_proj.weight, -dt_std, dt_std)
-            dt = torch.exp(
-                torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) +
-                math.log(dt_min)).clamp(min=dt_init_floor)
             with torch.no_grad():
-                dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
+                dt_proj.bias.copy_(ssm_dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))
             self.add_module(f'conv1d_{i}', conv)
             self.add_module(f'x_proj_{i}', x_proj)
             self.add_module(f'dt_proj_{i}', dt_proj)

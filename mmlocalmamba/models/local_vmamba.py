@@ -20,7 +20,7 @@ from timm.layers import DropPath, trunc_normal_
 from ..ops.local_scan import local_selective_scan
 from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.selective_scan import BACKENDS
-from .layers import MultiScan, resolve_directions
+from .layers import MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 
 __all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'SS2D', 'VSSBlock', 'PatchMerging2D',
            'LOCAL_VMAMBA_ARCHS']
@@ -145,12 +145,9 @@ class SS2D(nn.Module):
         dt_std = rank**-0.5
         self.dt_projs_weight = nn.Parameter(
             torch.empty(num_dirs, d_inner, rank).uniform_(-dt_std, dt_std))
-        dt = torch.exp(
-            torch.rand(num_dirs, d_inner) * (math.log(dt_max) - math.log(dt_min)) +
-            math.log(dt_min)).clamp(min=dt_init_floor)
-        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
-        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(num_dirs * d_inner, 1)
-        self.A_logs = nn.Parameter(torch.log(A))
+        self.dt_projs_bias = nn.Parameter(
+            ssm_dt_bias_init((num_dirs, d_inner), dt_min, dt_max, dt_init_floor))
+        self.A_logs = nn.Parameter(ssm_a_log_init(num_dirs * d_inner, d_state))
         self.Ds = nn.Parameter(torch.ones(num_dirs * d_inner))
         self.A_logs._no_weight_decay = True
         self.Ds._no_weight_decay = True
