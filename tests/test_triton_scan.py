@@ -114,13 +114,24 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
     gref = torch.autograd.grad((ref * g).sum(), p64)
     x, xw, dw, db, al, ds = [p.detach().float().requires_grad_(True) for p in p64]
     tables = ts.scan_tables(H, W, dirs, True)
-    x_cl = x.permute(0, 2, 3, 1).reshape(B, H * W, D)
-    x_dbl = torch.matmul(x_cl, xw.reshape(-1, D).t()).view(B, H * W, K, -1)
-    y = ts._LocalScanFn.apply(x_cl, x_dbl, dw, db, al, ds, tables, N)
-    grads = torch.autograd.grad((y * g.float()).sum(), [x, xw, dw, db, al, ds])
-    err = [((y.double() - ref).norm() / ref.norm()).item()]
-    err += [((a.double() - b).norm() / b.norm()).item() for a, b in zip(grads, gref)]
-    print('MAXERR', max(err))
+    errs = []
+    # low rank, full delta, sequence segments, batch groups, other tile shapes
+    for over in ({}, {'v3_lowrank_max': 0}, {'v3_target_programs': 10**6, 'v3_min_segment': 4},
+                 {'v3_ck_max_bytes': 1000, 'v3_ck_every': 1},
+                 {'v3_fwd': dict(CH=2, DL=32, num_warps=1),
+                  'v3_bwd': dict(CH=2, DL=8, T=2, num_warps=1)}):
+        saved = dict(ts.KERNEL_CONFIG)
+        ts.KERNEL_CONFIG.update(over)
+        x_cl = x.permute(0, 2, 3, 1).reshape(B, H * W, D)
+        x_dbl = ts.project(x_cl, xw, N)
+        y = ts.scan_projected(x_cl, x_dbl, dw, db, al, ds, tables, N)
+        grads = torch.autograd.grad((y * g.float()).sum(), [x, xw, dw, db, al, ds])
+        ts.KERNEL_CONFIG.clear()
+        ts.KERNEL_CONFIG.update(saved)
+        err = [((y.double() - ref).norm() / ref.norm()).item()]
+        err += [((a.double() - b).norm() / b.norm()).item() for a, b in zip(grads, gref)]
+        errs.append(max(err))
+    print('MAXERR', max(errs))
 ''')
 
 
@@ -221,6 +232,42 @@ def test_outputs_fully_written_over_poisoned_memory():
                              torch.randn(2, 4, 99, 24, device='cuda'))
         assert torch.isfinite(y).all()
         assert all(torch.isfinite(g).all() for g in grads)
+
+
+@gpu
+@pytest.mark.parametrize('over', [
+    {'v3_target_programs': 10**6, 'v3_min_segment': 16},  # sequence segments in parallel
+    {'v3_lowrank_max': 0},  # delta = dt @ W^T outside the kernels
+    {'v3_ck_max_bytes': 1000, 'v3_ck_every': 1},  # batch groups, checkpoint every chunk
+    {'v3_fwd': dict(CH=2, DL=32, num_warps=1), 'v3_bwd': dict(CH=2, DL=8, T=2, num_warps=1),
+     'v3_dbl_fp32': True},  # other tile shapes (plain channel sums), fp32 reads
+])
+def test_local_scan_kernel_variants(over, monkeypatch):
+    directions = ('h', 'v_flip', 'w7', 'w2_flip')
+    params = make_layer(2, 40, 19, 23, 4, rank=5, device='cuda')
+    grad_out = torch.randn(2, 4, 19 * 23, 40, device='cuda', dtype=torch.float64)
+    y_ref, g_ref = run_local(params, directions, True, 'torch', grad_out)
+    monkeypatch.setattr(triton_scan, 'KERNEL_CONFIG', dict(triton_scan.KERNEL_CONFIG, **over))
+    y, grads = run_local([p.float() for p in params], directions, True, 'triton', grad_out)
+    assert rel(y, y_ref) < 2e-5
+    for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
+        assert rel(a, b) < 5e-5, name
+
+
+@gpu
+@pytest.mark.parametrize('rank', [12, 24, 48])
+def test_local_scan_large_rank_bf16_autocast(rank):
+    """Stage 2-4 ranks of LocalVMamba-T (in-kernel low rank up to 16, full delta above)."""
+    directions = ('h', 'h_flip', 'w7', 'w7_flip')
+    params = make_layer(2, 64, 14, 14, 4, rank=rank, device='cuda', dtype=torch.float32)
+    grad_out = torch.randn(2, 4, 196, 64, device='cuda')
+    y_ref, g_ref = run_local([p.double() for p in params], directions, False, 'torch',
+                             grad_out.double())
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        y, grads = run_local(params, directions, False, 'triton', grad_out)
+    assert rel(y, y_ref) < 2e-2
+    for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
+        assert rel(a, b) < 6e-2, name
 
 
 @gpu

@@ -128,21 +128,25 @@ def bench_scan(batch, iters, copy_tbps, log):
         tables = ts.scan_tables(height, width, SCAN_DIRECTIONS, False, x.device)
         x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, chans)
         with torch.autocast('cuda', dtype=torch.bfloat16):
-            x_dbl = torch.matmul(x_cl, x_proj.reshape(-1, chans).t())
-        x_dbl = x_dbl.view(batch, height * width, 4, -1)
+            x_dbl = ts.project(x_cl, x_proj, 16)
         leaves = [x_cl.detach().requires_grad_(True), x_dbl.detach().requires_grad_(True)]
         leaves += [p.detach().requires_grad_(True) for p in (dt_w, dt_b, a_logs, ds)]
 
+        def scan():
+            # the scan given the projection (for ranks above the in-kernel limit this includes
+            # the delta GEMM, see triton_scan.scan_projected)
+            with torch.autocast('cuda', dtype=torch.bfloat16):
+                return ts.scan_projected(*leaves, tables, 16)
+
         def kernel_fwd():
             with torch.no_grad():
-                return ts._LocalScanFn.apply(*leaves, tables, 16)
+                return scan()
 
         y = kernel_fwd()
         grad = torch.randn_like(y)
 
         def kernel_fwd_bwd():
-            out = ts._LocalScanFn.apply(*leaves, tables, 16)
-            torch.autograd.grad(out, leaves, grad)
+            torch.autograd.grad(scan(), leaves, grad)
 
         op_leaves = [p.detach().requires_grad_(True) for p in params]
 

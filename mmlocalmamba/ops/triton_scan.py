@@ -9,21 +9,28 @@ Public entry points (the ``'triton'`` backend of :mod:`mmlocalmamba.ops.selectiv
 * :func:`is_available` -- True when triton imports and CUDA is usable.
 * :func:`scan_tables` -- the int32 index tables the kernels walk (pure PyTorch, runs anywhere).
 
-How the local scan runs (see ``_triton_scan_kernels`` for the kernels):
+How the local scan runs (see ``_triton_scan_v3`` for the kernels):
 
 1. ``x`` (B, D, H, W) is read channels-last, ``(B, H*W, D)`` (a view when the tensor is in
    ``torch.channels_last`` format, one copy otherwise).
-2. ``x_dbl = x @ x_proj_weight^T`` in natural token order, ``(B, H*W, K, R + 2N)``, by one GEMM.
-   This equals the official per-direction projection of the scanned sequence at every real
-   token, because the projection acts per token; padding tokens are handled in the kernel.
-3. One launch scans all K directions: per scan step it reads the token through the direction's
-   index table, computes ``delta = softplus(dt_projs_weight[k] @ dt + bias)`` in registers, updates
-   the fp32 state and writes ``y`` at the token's natural position, ``(B, K, H*W, D)`` fp32.
-4. Backward: a forward pass writes the state every ``T`` steps (transient buffer), then one
-   launch runs the reverse recurrence per chunk; sums over channels (dB, dC, d dt) are atomic.
+2. ``x_dbl = x @ W^T`` in natural token order, ``(B, H*W, CT)`` by one GEMM, its columns
+   ``[B | C | dt]`` per direction (:func:`projection_weight`). This equals the official
+   per-direction projection of the scanned sequence at every real token, because the
+   projection acts per token; padding tokens are handled in the kernel. For dt ranks above
+   ``v3_lowrank_max`` the full ``delta = dt @ dt_projs_weight^T`` is one more batched GEMM.
+3. One launch scans all K directions: one step at a time, a program reads the step's token
+   through the direction's index table, computes ``delta = softplus(dt_projs_weight[k] @ dt +
+   bias)`` in registers, updates its fp32 state tile (channels x states) and writes ``y`` at the
+   token's natural position, ``(B, K, H*W, D)`` fp32. Small batches cut the scan order into
+   segments scanned in parallel (summary pass, carry combine, output pass).
+4. Backward: a forward pass writes the state every ``v3_ck_every * T`` steps (transient
+   buffer, in batch groups above ``v3_ck_max_bytes``), then one launch runs the reverse
+   recurrence per chunk of ``T`` steps with the chunk's states recomputed into registers; sums
+   over channels (dB, dC, d dt) are reduce-scattered across lanes and added atomically.
 
 Triton is imported only when a kernel is first needed, so this module imports without triton.
 """
+import copy
 import json
 import math
 import os
@@ -40,19 +47,39 @@ __all__ = ['is_available', 'scan_tables', 'ScanTables', 'local_selective_scan_tr
 
 LOG2E = 1.4426950408889634
 
-#: Launch configuration (tuned on an H100, see docs/kernel_notes.md). ``fwd``: forward kernel;
-#: ``bwd``: backward kernel (``T`` = steps per chunk = checkpoint spacing; its checkpoint pass
-#: runs the forward kernel with that ``T``). A program (``num_warps`` = 1) scans ``CH * DL``
-#: channels, ``T`` steps per chunk; ``DL`` lanes go along channels, ``32 / DL`` along states.
-#: ``du_atomic``: the backward adds the K directions' input gradients atomically into one
-#: buffer instead of writing K buffers and summing them.
+#: Launch configuration (tuned on an H100, see docs/kernel_notes.md). A program
+#: (``num_warps`` = 1) owns ``CH * DL`` channels; ``DL`` lanes go along channels and ``32 / DL``
+#: along states (``DL = 32``: a thread owns a channel and all its states).
+#: ``v3_fwd``: forward, checkpoint and summary passes; ``v3_bwd``: backward (``T`` = steps whose
+#: states are recomputed into registers per chunk; the channel sums use a lane reduce-scatter
+#: when ``DL = 32``). ``v3_target_programs``: below this many programs, the scan order is cut
+#: into segments that run in parallel (at least ``v3_min_segment`` steps each).
+#: ``v3_lowrank_max``: dt ranks up to this are projected to delta inside the kernels (the
+#: (RP, D) weight stays in registers); above it, delta = dt @ W^T is one batched GEMM outside
+#: and the kernels read it in full (stages 3 and 4 of LocalVMamba-T, ranks 24 and 48).
+#: ``v3_recompute_decay``: the backward recomputes exp2(delta * A) in its reverse pass instead of
+#: keeping the recompute pass's values (fewer registers, more SFU work).
+#: ``v3_dbl_fp32``: the kernels read B, C and dt from an fp32 copy of x_dbl (no bf16 unpacking
+#: per thread, but more registers: measured slower, off).
+#: ``v3_ck_every``: checkpoints every ``v3_ck_every * T`` steps (a chunk between two checkpoints
+#: first advances from the previous one: half the checkpoint memory for 1/4 more recompute).
+#: ``v3_ck_max_bytes``: above this checkpoint size the backward runs in batch groups.
+#: ``du_atomic``: the backward adds the K directions' input gradients atomically into one buffer
+#: instead of writing K buffers and summing them.
 KERNEL_CONFIG = {
-    'fwd': dict(CH=1, DL=8, T=8, num_warps=1),
-    'bwd': dict(CH=1, DL=8, T=4, num_warps=1),
-    'du_atomic': False,
+    'v3_fwd': dict(CH=1, DL=32, num_warps=1),
+    'v3_bwd': dict(CH=1, DL=32, T=4, num_warps=1),
+    'v3_target_programs': 2048,
+    'v3_min_segment': 64,
+    'v3_recompute_decay': True,
+    'v3_lowrank_max': 16,
+    'v3_dbl_fp32': False,
+    'v3_ck_every': 2,
+    'v3_ck_max_bytes': 0.9e9,
+    'du_atomic': True,
     'x_channels_last': True,
 }
-# Developer override, e.g. MMLOCALMAMBA_TRITON_CONFIG='{"bwd": {"CH": 1, "DL": 8, "T": 8,
+# Developer override, e.g. MMLOCALMAMBA_TRITON_CONFIG='{"v3_bwd": {"CH": 1, "DL": 8, "T": 8,
 # "num_warps": 1, "maxnreg": 128}}' (keys replace those of KERNEL_CONFIG).
 if os.environ.get('MMLOCALMAMBA_TRITON_CONFIG'):
     KERNEL_CONFIG.update(json.loads(os.environ['MMLOCALMAMBA_TRITON_CONFIG']))
@@ -127,9 +154,39 @@ def scan_tables(height: int, width: int, directions: Sequence[str],
                             torch.device(device))
 
 
-def _kernels():
-    from . import _triton_scan_kernels
-    return _triton_scan_kernels
+def _kernels_v3():
+    from . import _triton_scan_v3
+    return _triton_scan_v3
+
+
+def _interpreting() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
+
+
+def _rank_pad(rank: int) -> int:
+    """Padded rank of the low-rank dt (a power of two, at least 8: one 16-byte bf16 vector)."""
+    return _pow2(rank, 8)
+
+
+def projection_weight(x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
+    """(CT, D) weight whose product with the tokens gives ``x_dbl`` in the kernels' layout.
+
+    Columns of ``x_dbl`` (per token): ``[B (K*N) | C (K*N) | dt (K*RP)]``, direction-major, the
+    low-rank dt zero-padded to ``RP`` columns. B and C rows of a token are then 32-byte aligned
+    vectors, and the whole row is ``CT = K * (2N + RP)`` elements.
+    """
+    num_dirs, rows, num_ch = x_proj_weight.shape
+    rank = rows - 2 * nstate
+    rp = _rank_pad(rank)
+    w_b = x_proj_weight[:, rank:rank + nstate].reshape(num_dirs * nstate, num_ch)
+    w_c = x_proj_weight[:, rank + nstate:].reshape(num_dirs * nstate, num_ch)
+    w_dt = torch.nn.functional.pad(x_proj_weight[:, :rank], (0, 0, 0, rp - rank))
+    return torch.cat([w_b, w_c, w_dt.reshape(num_dirs * rp, num_ch)], 0)
+
+
+def project(x_cl: torch.Tensor, x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
+    """``x_dbl`` (B, L, CT) of channels-last tokens ``x_cl`` (B, L, D), see projection_weight."""
+    return torch.matmul(x_cl, projection_weight(x_proj_weight, nstate).t())
 
 
 def _pow2(value: int, minimum: int) -> int:
@@ -158,7 +215,7 @@ class _Problem:
         self.tables = tables  # ScanTables, or ('identity', length)
         self.batch, self.num_dirs, self.num_ch = batch, num_dirs, num_ch
         self.rank, self.nstate = rank, nstate
-        self.rp = _pow2(rank, 4) if not delta_full else 4
+        self.rp = _rank_pad(rank) if not delta_full else 4
         if nstate & (nstate - 1):
             raise ValueError(f'The Triton scan needs a power-of-two state size, got N={nstate}.')
 
@@ -187,50 +244,145 @@ class _Problem:
                     HAS_D=self.dskip is not None, HAS_BIAS=self.bias is not None,
                     SOFTPLUS=self.softplus, IDENTITY=self.identity)
 
-    def forward(self, y=None, y_strides=None, ck=None, ck_every=None):
-        """Run the forward kernel: write y (if given) and/or the checkpoints (if given)."""
-        kern = _kernels()
-        cfg, opts = _split_config('fwd')
-        block = cfg['CH'] * cfg['DL']
+    def forward(self, y, y_strides):
+        """Write y (scan outputs at natural positions)."""
+        cfg, opts = _split_config('v3_fwd')
+        cfg.pop('T', None)
+        tbwd = KERNEL_CONFIG['v3_bwd']['T']
         tables, lmax, num_tokens, separate = self.table_args()
-        grid = (self.batch * self.num_dirs, triton_cdiv(self.num_ch, block))
-        store_y = y is not None
-        store_ck = ck is not None
-        if store_ck:
-            cfg['T'] = ck_every
-        kern.scan_fwd_kernel[grid](
-            *self.common(), y if store_y else self.a2, *(y_strides if store_y else (0, ) * 4),
-            ck if store_ck else self.a2, ck.shape[2] if store_ck else 0, *tables,
+        nblk = triton_cdiv(self.num_ch, cfg['CH'] * cfg['DL'])
+        segs, seg_len = self.segments(nblk, lmax, tbwd)
+        if segs > 1:
+            hs, ds = self._summaries(segs, seg_len, cfg, opts, tbwd)
+        else:
+            hs = ds = self.a2
+        self._fwd_launch(nblk, segs, seg_len, cfg, opts, tbwd, y=y, y_strides=y_strides, hs=hs,
+                         ds=ds, load_h0=segs > 1)
+
+    def segments(self, nblk, lmax, chunk):
+        """(number of segments, steps per segment) for ``nblk`` channel blocks per direction."""
+        programs = self.batch * self.num_dirs * nblk
+        target = KERNEL_CONFIG['v3_target_programs']
+        minimum = max(chunk, KERNEL_CONFIG['v3_min_segment'])
+        full = triton_cdiv(lmax, chunk) * chunk
+        if programs >= target or lmax <= 2 * minimum:
+            return 1, full
+        segs = min(triton_cdiv(target, programs), triton_cdiv(lmax, minimum))
+        seg_len = triton_cdiv(triton_cdiv(lmax, segs), chunk) * chunk
+        return triton_cdiv(lmax, seg_len), seg_len
+
+    def _fwd_launch(self, nblk, segs, seg_len, cfg, opts, chunk, y=None, y_strides=None, ck=None,
+                    hs=None, ds=None, summary=False, load_h0=False):
+        kern = _kernels_v3()
+        tables, lmax, num_tokens, separate = self.table_args()
+        grid = (self.batch * self.num_dirs, nblk, segs)
+        dummy = self.a2
+        kern.v3_fwd_kernel[grid](
+            *self.common(), dummy if y is None else y, *(y_strides or (0, ) * 4),
+            dummy if ck is None else ck, 0 if ck is None else ck.shape[2],
+            dummy if hs is None else hs, dummy if ds is None else ds, segs, seg_len, *tables,
             self.num_dirs, self.num_ch, self.rank, num_tokens, **self.flags(),
-            SEPARATE_SCATTER=separate, STORE_Y=store_y, STORE_CK=store_ck, **cfg, **opts)
+            SEPARATE_SCATTER=separate, STORE_Y=y is not None, STORE_CK=ck is not None,
+            SUMMARY=summary, LOAD_H0=load_h0, T=chunk, **cfg, **opts)
+
+    def _summaries(self, segs, seg_len, cfg, opts, chunk):
+        """Segment start states (B, K, S, N, D) and per-segment delta sums (B, K, S, D)."""
+        dev = self.u.device
+        nblk = triton_cdiv(self.num_ch, cfg['CH'] * cfg['DL'])
+        hs = torch.empty((self.batch, self.num_dirs, segs, self.nstate, self.num_ch),
+                         dtype=torch.float32, device=dev)
+        ds = torch.empty((self.batch, self.num_dirs, segs, self.num_ch), dtype=torch.float32,
+                         device=dev)
+        self._fwd_launch(nblk, segs, seg_len, cfg, opts, chunk, hs=hs, ds=ds, summary=True)
+        self._combine(hs, ds, segs, reverse=False)
+        return hs, ds
+
+    def _combine(self, buf, ds, segs, reverse):
+        kern = _kernels_v3()
+        cfg, opts = _split_config('v3_fwd')
+        cfg.pop('T', None)
+        grid = (self.batch * self.num_dirs, triton_cdiv(self.num_ch, cfg['CH'] * cfg['DL']))
+        kern.v3_combine_kernel[grid](self.a2, buf, ds, segs, self.num_dirs, self.num_ch, 1,
+                                     N=self.nstate, REVERSE=reverse, **cfg, **opts)
 
     def backward(self, dy, dy_strides, du, du_strides, du_atomic, ddt, ddt_strides, db,
                  db_strides, dc, dc_strides):
-        """Checkpoint pass + backward kernel. Returns the partials (da, dd, dbias, dw)."""
-        kern = _kernels()
-        cfg, opts = _split_config('bwd')
-        chunk = cfg['T']
+        """Checkpoint pass(es) + backward kernel. Returns the partials (da, dd, dbias, dw)."""
+        # The checkpoints (state every T steps) are the backward's transient memory; past
+        # v3_ck_max_bytes the batch is processed in groups (same kernels, fewer programs each).
+        lmax = self.table_args()[1]
+        spacing = KERNEL_CONFIG['v3_bwd']['T'] * KERNEL_CONFIG['v3_ck_every']
+        ck_bytes = 4 * self.batch * self.num_dirs * self.nstate * self.num_ch * triton_cdiv(
+            lmax, spacing)
+        groups = min(self.batch, max(1, math.ceil(ck_bytes / KERNEL_CONFIG['v3_ck_max_bytes'])))
+        if groups == 1:
+            return self._backward_v3(dy, dy_strides, du, du_strides, du_atomic, ddt,
+                                     ddt_strides, db, db_strides, dc, dc_strides)
+        per = triton_cdiv(self.batch, groups)
+        parts = []
+        for b0 in range(0, self.batch, per):
+            sub = copy.copy(self)
+            b1 = min(b0 + per, self.batch)
+            sub.batch = b1 - b0
+            for name in ('u', 'dt', 'bmat', 'cmat'):
+                setattr(sub, name, getattr(self, name)[b0:b1])
+            parts.append(sub._backward_v3(dy[b0:b1], dy_strides, du[b0:b1], du_strides,
+                                          du_atomic, ddt[b0:b1], ddt_strides, db[b0:b1],
+                                          db_strides, dc[b0:b1], dc_strides))
+        return tuple(None if p[0] is None else sum(p) for p in zip(*parts))
+
+    def _backward_v3(self, dy, dy_strides, du, du_strides, du_atomic, ddt, ddt_strides, db,
+                     db_strides, dc, dc_strides):
+        kern = _kernels_v3()
+        fcfg, fopts = _split_config('v3_fwd')
+        fcfg.pop('T', None)
+        cfg, opts = _split_config('v3_bwd')
+        ckm = KERNEL_CONFIG['v3_ck_every']
+        chunk = cfg['T'] * ckm  # checkpoint spacing
         tables, lmax, num_tokens, separate = self.table_args()
-        num_ck = triton_cdiv(lmax, chunk)
         dev = self.u.device
+        nblk = triton_cdiv(self.num_ch, cfg['CH'] * cfg['DL'])
+        fblk = triton_cdiv(self.num_ch, fcfg['CH'] * fcfg['DL'])
+        segs, seg_len = self.segments(nblk, lmax, chunk)
+        num_ck = triton_cdiv(lmax, chunk)
         ck = torch.empty((self.batch, self.num_dirs, num_ck, self.nstate, self.num_ch),
                          dtype=torch.float32, device=dev)
-        if num_ck > 1:
-            self.forward(ck=ck, ck_every=chunk)
-        parts = self.batch * self.num_dirs * self.num_ch
+        if segs > 1:
+            hs, ds = self._summaries(segs, seg_len, fcfg, fopts, chunk)
+            self._fwd_launch(fblk, segs, seg_len, fcfg, fopts, chunk, ck=ck, hs=hs, ds=ds,
+                             load_h0=True)
+            del hs
+            es = torch.empty((self.batch, self.num_dirs, segs, self.nstate, self.num_ch),
+                             dtype=torch.float32, device=dev)
+            sargs = [self.u, *self.u_strides, self.dt, *self.dt_strides,
+                     self.a2 if self.w is None else self.w, self.cmat, *self.c_strides, self.a2,
+                     self.a2 if self.bias is None else self.bias, 1, dy, *dy_strides, es, segs,
+                     seg_len, *tables, self.num_dirs, self.num_ch, self.rank, num_tokens]
+            kern.v3_rev_summary_kernel[(self.batch * self.num_dirs, fblk, segs)](
+                *sargs, N=self.nstate, RP=self.rp, DELTA_FULL=self.delta_full,
+                HAS_BIAS=self.bias is not None, SOFTPLUS=self.softplus, IDENTITY=self.identity,
+                SEPARATE_SCATTER=separate, **fcfg, **fopts)
+            self._combine(es, ds, segs, reverse=True)
+        else:
+            es = self.a2
+            self._fwd_launch(fblk, 1, seg_len, fcfg, fopts, chunk, ck=ck)
+        parts = self.batch * segs * self.num_dirs * self.num_ch
         da = torch.empty((parts, self.nstate), dtype=torch.float32, device=dev)
         dd = torch.empty((parts, ), dtype=torch.float32, device=dev)
         dbias = torch.empty((parts, ), dtype=torch.float32, device=dev)
-        dw = (torch.empty((self.batch, self.num_dirs, self.rp, self.num_ch), dtype=torch.float32,
-                          device=dev) if not self.delta_full else da)
-        block = cfg['CH'] * cfg['DL']
-        grid = (self.batch * self.num_dirs, triton_cdiv(self.num_ch, block))
-        kern.scan_bwd_kernel[grid](
+        dw = (torch.empty((self.batch * segs, self.num_dirs, self.rp, self.num_ch),
+                          dtype=torch.float32, device=dev) if not self.delta_full else da)
+        grid = (self.batch * self.num_dirs, nblk, segs)
+        kern.v3_bwd_kernel[grid](
             *self.common(), dy, *dy_strides, du, *du_strides, ddt, *ddt_strides, db,
-            *db_strides, dc, *dc_strides, da, dd, dbias, dw, ck, num_ck, *tables, self.num_dirs,
-            self.num_ch, self.rank, num_tokens, **self.flags(), SEPARATE_SCATTER=separate,
-            DU_ATOMIC=du_atomic, **cfg, **opts)
-        shape = (self.batch, self.num_dirs * self.num_ch)
+            *db_strides, dc, *dc_strides, da, dd, dbias, dw, ck, num_ck, es, segs, seg_len,
+            *tables, self.num_dirs, self.num_ch, self.rank, num_tokens, **self.flags(),
+            SEPARATE_SCATTER=separate, DU_ATOMIC=du_atomic, LOAD_E=segs > 1,
+            USE_RS=(cfg['DL'] == 32 and opts.get('num_warps', 4) == 1 and self.rp <= 64
+                    and self.nstate <= 32),
+            RECOMPUTE_DECAY=KERNEL_CONFIG['v3_recompute_decay'] and not _interpreting(),
+            CKM=ckm, **cfg, **opts)
+        shape = (self.batch * segs, self.num_dirs * self.num_ch)
         return (da.view(*shape, self.nstate).sum(0), dd.view(shape).sum(0),
                 dbias.view(shape).sum(0), None if self.delta_full else dw.sum(0))
 
@@ -254,16 +406,18 @@ def _param_tables(A_logs, Ds, bias, num_dirs, num_ch, nstate, w=None, rank=0, rp
 
 
 class _LocalScanFn(torch.autograd.Function):
-    """Autograd of the fused scan given channels-last x and natural-order x_dbl."""
+    """Autograd of the fused scan given channels-last x and the natural-order projection x_dbl
+    (B, L, CT) in the layout of :func:`projection_weight`."""
 
     @staticmethod
     def forward(ctx, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate):
         batch, num_tokens, num_ch = x_cl.shape
         num_dirs, _, rank = dt_w.shape
-        rp = _pow2(rank, 4)
+        rp = _rank_pad(rank)
         A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate, dt_w,
                                                rank, rp)
-        prob = _local_problem(x_cl, x_dbl, wt, a2, dskip, bias, tables, rank, nstate)
+        prob = _local_problem(x_cl, _kernel_dbl(x_dbl), wt, a2, dskip, bias, tables, rank, nstate,
+                              num_dirs)
         y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
                         device=x_cl.device)
         prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
@@ -277,10 +431,11 @@ class _LocalScanFn(torch.autograd.Function):
         nstate = ctx.nstate
         batch, num_tokens, num_ch = x_cl.shape
         num_dirs, _, rank = dt_w.shape
-        rp = _pow2(rank, 4)
+        rp = _rank_pad(rank)
         A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate, dt_w,
                                                rank, rp)
-        prob = _local_problem(x_cl, x_dbl, wt, a2, dskip, bias, ctx.tables, rank, nstate)
+        prob = _local_problem(x_cl, _kernel_dbl(x_dbl), wt, a2, dskip, bias, ctx.tables, rank,
+                              nstate, num_dirs)
         dev = x_cl.device
         # dy arrives as (B, K, HW, D) with any strides; the kernel takes (b, k, d, l) strides.
         dys = dy.stride()
@@ -292,14 +447,12 @@ class _LocalScanFn(torch.autograd.Function):
             du = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
                              device=dev)
             du_strides = (du.stride(0), du.stride(1), du.stride(3), du.stride(2))
-        cdbl = x_dbl.shape[-1]
-        dxdbl = torch.zeros((batch, num_tokens, num_dirs, cdbl), dtype=torch.float32, device=dev)
-        s = dxdbl.stride()
-        bc_strides = (s[0], s[2], s[3], s[1])
+        dxdbl = torch.zeros(x_dbl.shape, dtype=torch.float32, device=dev)
+        b_strides, dt_strides = _dbl_strides(dxdbl, nstate, rp)
+        dbv, dcv, ddtv = _dbl_views(dxdbl, num_dirs, nstate)
         da, dd, dbias, dw = prob.backward(dy, (dys[0], dys[1], dys[3], dys[2]), du, du_strides,
-                                          du_atomic, dxdbl, bc_strides,
-                                          dxdbl[..., rank:], bc_strides,
-                                          dxdbl[..., rank + nstate:], bc_strides)
+                                          du_atomic, ddtv, dt_strides, dbv, b_strides, dcv,
+                                          b_strides)
         dx = du if du_atomic else du.sum(1)
         d_alog = (da * A).to(A_logs.dtype)
         d_w = dw[:, :rank].transpose(1, 2).to(dt_w.dtype)
@@ -307,17 +460,131 @@ class _LocalScanFn(torch.autograd.Function):
                 dbias.view_as(dt_bias).to(dt_bias.dtype), d_alog, dd.to(Ds.dtype), None, None)
 
 
-def _local_problem(x_cl, x_dbl, wt, a2, dskip, bias, tables, rank, nstate):
+class _LocalScanFullFn(torch.autograd.Function):
+    """Autograd of the fused scan with delta given in full to the kernels: the low-rank product
+    ``delta_raw = dt @ dt_projs_weight^T`` (B, L, K, D) is one batched GEMM in the forward and
+    again in the backward (recomputed, not saved), for ranks above ``v3_lowrank_max``."""
+
+    @staticmethod
+    def forward(ctx, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate):
+        batch, num_tokens, num_ch = x_cl.shape
+        num_dirs = dt_w.shape[0]
+        A, a2, dskip, bias, _ = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate)
+        delta_raw = _full_delta(x_dbl, dt_w, nstate)
+        prob = _local_full_problem(x_cl, _kernel_dbl(x_dbl), delta_raw, a2, dskip, bias, tables,
+                                   nstate)
+        y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
+                        device=x_cl.device)
+        prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
+        ctx.save_for_backward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds)
+        ctx.tables, ctx.nstate = tables, nstate
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds = ctx.saved_tensors
+        nstate = ctx.nstate
+        batch, num_tokens, num_ch = x_cl.shape
+        num_dirs, _, rank = dt_w.shape
+        A, a2, dskip, bias, _ = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate)
+        delta_raw = _full_delta(x_dbl, dt_w, nstate)
+        prob = _local_full_problem(x_cl, _kernel_dbl(x_dbl), delta_raw, a2, dskip, bias,
+                                   ctx.tables, nstate)
+        dev = x_cl.device
+        dys = dy.stride()
+        du_atomic = KERNEL_CONFIG['du_atomic'] and num_dirs > 1
+        if du_atomic:
+            du = torch.zeros((batch, num_tokens, num_ch), dtype=torch.float32, device=dev)
+            du_strides = (du.stride(0), 0, du.stride(2), du.stride(1))
+        else:
+            du = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
+                             device=dev)
+            du_strides = (du.stride(0), du.stride(1), du.stride(3), du.stride(2))
+        # every real token is visited once per direction: ddelta is fully written
+        ddelta = torch.empty(delta_raw.shape, dtype=torch.float32, device=dev)
+        del delta_raw
+        dxdbl = torch.zeros(x_dbl.shape, dtype=torch.float32, device=dev)
+        b_strides, _ = _dbl_strides(dxdbl, nstate, 8)
+        dbv, dcv, _ = _dbl_views(dxdbl, num_dirs, nstate)
+        da, dd, dbias, _ = prob.backward(dy, (dys[0], dys[1], dys[3], dys[2]), du, du_strides,
+                                         du_atomic, ddelta, _full_delta_strides(ddelta), dbv,
+                                         b_strides, dcv, b_strides)
+        # delta_raw = dt @ W^T: the two GEMMs of its backward, in the dtype of the forward GEMM
+        dt = _dt_view(x_dbl, num_dirs, nstate, rank)
+        ddelta = ddelta.to(dt.dtype)
+        _dt_view(dxdbl, num_dirs, nstate, rank).copy_(
+            torch.einsum('blkd,kdr->blkr', ddelta, dt_w.to(dt.dtype)))
+        d_w = torch.einsum('blkd,blkr->kdr', ddelta, dt)
+        dx = du if du_atomic else du.sum(1)
+        d_alog = (da * A).to(A_logs.dtype)
+        return (dx.to(x_cl.dtype), dxdbl.to(x_dbl.dtype), d_w.to(dt_w.dtype),
+                dbias.view_as(dt_bias).to(dt_bias.dtype), d_alog, dd.to(Ds.dtype), None, None)
+
+
+def _kernel_dbl(x_dbl):
+    """The x_dbl the kernels read (an fp32 copy if ``v3_dbl_fp32``; see KERNEL_CONFIG)."""
+    if KERNEL_CONFIG['v3_dbl_fp32']:
+        return x_dbl.float()
+    return x_dbl
+
+
+def _dt_view(x_dbl, num_dirs, nstate, rank):
+    """(B, L, K, R) view of the low-rank dt columns of x_dbl."""
+    kn = num_dirs * nstate
+    return x_dbl[..., 2 * kn:].unflatten(-1, (num_dirs, _rank_pad(rank)))[..., :rank]
+
+
+def _full_delta(x_dbl, dt_w, nstate):
+    """delta before bias and softplus, (B, L, K, D), in x_dbl's dtype."""
+    dt = _dt_view(x_dbl, dt_w.shape[0], nstate, dt_w.shape[2])
+    return torch.einsum('blkr,kdr->blkd', dt, dt_w.to(dt.dtype))
+
+
+def _full_delta_strides(delta):
+    """(b, k, d, l) strides of a (B, L, K, D) tensor."""
+    sb, sl, sk, sd = delta.stride()
+    return (sb, sk, sd, sl)
+
+
+def _local_full_problem(x_cl, x_dbl, delta_raw, a2, dskip, bias, tables, nstate):
     batch, num_tokens, num_ch = x_cl.shape
-    num_dirs = x_dbl.shape[2]
+    num_dirs = delta_raw.shape[2]
     xs = x_cl.stride()
-    ds = x_dbl.stride()  # (B, HW, K, C)
-    dbl_strides = (ds[0], ds[2], ds[3], ds[1])
-    return _Problem(u=x_cl, u_strides=(xs[0], 0, xs[2], xs[1]), dt=x_dbl, dt_strides=dbl_strides,
-                    delta_full=False, w=wt, bmat=x_dbl[..., rank:], b_strides=dbl_strides,
-                    cmat=x_dbl[..., rank + nstate:], c_strides=dbl_strides, a2=a2, dskip=dskip,
+    b_strides, _ = _dbl_strides(x_dbl, nstate, 8)
+    bv, cv, _ = _dbl_views(x_dbl, num_dirs, nstate)
+    return _Problem(u=x_cl, u_strides=(xs[0], 0, xs[2], xs[1]), dt=delta_raw,
+                    dt_strides=_full_delta_strides(delta_raw), delta_full=True, w=None, bmat=bv,
+                    b_strides=b_strides, cmat=cv, c_strides=b_strides, a2=a2, dskip=dskip,
                     bias=bias, softplus=True, tables=tables, batch=batch, num_dirs=num_dirs,
-                    num_ch=num_ch, rank=rank, nstate=nstate)
+                    num_ch=num_ch, rank=0, nstate=nstate)
+
+
+def _dbl_strides(x_dbl, nstate, rp):
+    """(b, k, n, l) strides of the B / C columns and (b, k, r, l) of the dt columns."""
+    sb, sl, sc = x_dbl.stride()
+    return (sb, nstate * sc, sc, sl), (sb, rp * sc, sc, sl)
+
+
+def _dbl_views(x_dbl, num_dirs, nstate):
+    """Views of x_dbl starting at its B, C and dt columns (the kernels' base pointers)."""
+    kn = num_dirs * nstate
+    return x_dbl[..., :kn], x_dbl[..., kn:2 * kn], x_dbl[..., 2 * kn:]
+
+
+def _local_problem(x_cl, x_dbl, wt, a2, dskip, bias, tables, rank, nstate, num_dirs):
+    batch, num_tokens, num_ch = x_cl.shape
+    rp = _rank_pad(rank)
+    if x_dbl.shape[-1] != num_dirs * (2 * nstate + rp):
+        raise ValueError(f'x_dbl must have {num_dirs * (2 * nstate + rp)} columns (see '
+                         f'projection_weight), got {x_dbl.shape[-1]}.')
+    xs = x_cl.stride()
+    b_strides, dt_strides = _dbl_strides(x_dbl, nstate, rp)
+    bv, cv, dtv = _dbl_views(x_dbl, num_dirs, nstate)
+    return _Problem(u=x_cl, u_strides=(xs[0], 0, xs[2], xs[1]), dt=dtv, dt_strides=dt_strides,
+                    delta_full=False, w=wt, bmat=bv, b_strides=b_strides, cmat=cv,
+                    c_strides=b_strides, a2=a2, dskip=dskip, bias=bias, softplus=True,
+                    tables=tables, batch=batch, num_dirs=num_dirs, num_ch=num_ch, rank=rank,
+                    nstate=nstate)
 
 
 def _check_local_args(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, directions):
@@ -374,9 +641,19 @@ def local_selective_scan_triton(x: torch.Tensor,
         x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, num_ch)
     else:
         x_cl = x.flatten(2).transpose(1, 2)  # (B, HW, D) view of NCHW, token-minor
-    # Projection in natural order: (B, HW, K*C) -> (B, HW, K, C).
-    x_dbl = torch.matmul(x_cl, x_proj_weight.reshape(-1, num_ch).t())
-    x_dbl = x_dbl.view(batch, height * width, num_dirs, -1)
+    # Projection in natural order, columns [B | C | dt] (see projection_weight).
+    x_dbl = project(x_cl, x_proj_weight, nstate)
+    return scan_projected(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables,
+                          nstate)
+
+
+def scan_projected(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables, nstate):
+    """The scan (autograd) given channels-last tokens ``x_cl`` (B, L, D) and their projection
+    ``x_dbl`` (B, L, CT) from :func:`project`: (B, K, L, D) float32."""
+    num_dirs, _, rank = dt_projs_weight.shape
+    if rank > KERNEL_CONFIG['v3_lowrank_max']:
+        return _LocalScanFullFn.apply(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                                      tables, nstate)
     return _LocalScanFn.apply(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables,
                               nstate)
 
@@ -401,7 +678,8 @@ class _PlainScanFn(torch.autograd.Function):
         ddelta = torch.empty(u.shape, dtype=torch.float32, device=u.device)
         dB = torch.zeros(B.shape, dtype=torch.float32, device=u.device)
         dC = torch.zeros(C.shape, dtype=torch.float32, device=u.device)
-        da, dd, dbias, _ = prob.backward(dy, _group_strides(dy, groups), du, _group_strides(du, groups), False, ddelta,
+        da, dd, dbias, _ = prob.backward(dy, _group_strides(dy, groups), du,
+                                         _group_strides(du, groups), False, ddelta,
                                          _group_strides(ddelta, groups), dB, _bc_strides(dB),
                                          dC, _bc_strides(dC))
         return (du.to(u.dtype), ddelta.to(delta.dtype), da.to(A.dtype), dB.to(B.dtype),
