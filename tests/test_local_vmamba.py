@@ -274,3 +274,13 @@ def test_get_flops_tool_prints_params_and_flops(capsys):
         sys.argv = argv
     out = capsys.readouterr().out
     assert 'params: 25,527,160 (25.53 M)' in out and 'FLOPs:  5.729 G' in out
+
+
+def test_set_scan_backend_switches_every_layer():
+    model = LocalVMamba(TINY_ARCH, scan_backend='auto')
+    model.set_scan_backend('torch')
+    assert model.scan_backend == 'torch'
+    assert {m.scan_backend for m in model.modules() if hasattr(m, 'scan_backend')
+            and not isinstance(m, LocalVMamba)} == {'torch'}
+    with pytest.raises(ValueError, match="Unknown scan_backend 'gpu'"):
+        model.set_scan_backend('gpu')

@@ -248,8 +248,6 @@ class LocalVMamba(BaseModule):
     ``H_0 = floor(H / patch_size)`` and ``H_{i+1} = ceil(H_i / 2)``.
     """
 
-    _version = 1
-
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
                  in_channels: int = 3,
