@@ -6,9 +6,6 @@ kinds, odd and non-square grids, the official ``v`` reverse, and scans of up to 
 are skipped without CUDA. The CPU tests check the index tables and run the kernels once through
 Triton's interpreter (``TRITON_INTERPRET=1``) on a tiny problem.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -18,6 +15,8 @@ from mmlocalmamba.ops import triton_scan
 from mmlocalmamba.ops.local_scan import local_selective_scan
 from mmlocalmamba.ops.scan_orders import gather_index, inverse_index, scan_length
 from mmlocalmamba.ops.selective_scan import resolve_backend, selective_scan, selective_scan_torch
+
+from .conftest import run_in_triton_interpreter
 
 CUDA = torch.cuda.is_available() and triton_scan.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason='needs CUDA and triton')
@@ -138,13 +137,7 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the GPU tests cover the kernels')
 def test_kernels_in_triton_interpreter():
     """The kernels' logic on CPU: Triton's interpreter runs them like numpy programs."""
-    pytest.importorskip('triton')
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    out = subprocess.run([sys.executable, '-c', INTERPRETER_SCRIPT], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    err = float(out.stdout.split('MAXERR')[-1])
-    assert err < 1e-5, out.stdout
+    assert run_in_triton_interpreter(INTERPRETER_SCRIPT) < 1e-5
 
 
 # ----------------------------------------------------------------------------- GPU tests

@@ -103,6 +103,31 @@ class MultiScan(nn.Module):
             out = out + probs[k] * F.layer_norm(y, y.shape[-1:], eps=1e-5)
         return out
 
+    def merge_norm(self, ys: torch.Tensor, norm: nn.LayerNorm, fused: bool = False) -> torch.Tensor:
+        """``norm(self.merge(ys))``, through the fused Triton kernels when ``fused`` allows.
+
+        The fused path (:func:`~mmlocalmamba.ops.triton_merge.scattn_merge_triton`) applies to
+        plain (non-search) layers with their own SCAttn, on CUDA tensors; it computes the same
+        values in fp32 (the gate MLP included, which autocast would otherwise run in bf16) and
+        reads the (B, K, L, C) outputs twice in the forward instead of about ten times.
+
+        Args:
+            ys: (B, K, L, C) scan outputs.
+            norm: the LayerNorm over C applied to the merged outputs.
+            fused: allow the fused kernels (the caller's backend choice).
+
+        Returns:
+            (B, L, C).
+        """
+        if fused and ys.is_cuda and not self.search and hasattr(self, 'attn'):
+            from ..ops.triton_merge import scattn_merge_triton
+            attn = self.attn
+            return scattn_merge_triton(ys, attn.norm.weight, attn.norm.bias, attn.norm.eps,
+                                       attn.global_reduce.weight, attn.global_reduce.bias,
+                                       attn.channel_select.weight, attn.channel_select.bias,
+                                       norm.weight, norm.bias, norm.eps)
+        return norm(self.merge(ys))
+
     def arch_probs(self) -> torch.Tensor:
         """Softmax of the architecture weights, (K,) (search layers only)."""
         return torch.softmax(self.weights.detach().flatten(), dim=0)

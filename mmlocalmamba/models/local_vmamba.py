@@ -19,7 +19,7 @@ from timm.layers import DropPath, trunc_normal_
 
 from ..ops.local_scan import local_selective_scan
 from ..ops.scan_orders import ALL_DIRECTIONS
-from ..ops.selective_scan import BACKENDS
+from ..ops.selective_scan import BACKENDS, resolve_backend
 from .layers import MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 
 __all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'SS2D', 'VSSBlock', 'PatchMerging2D',
@@ -163,11 +163,17 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         z = self.act(z)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        x = x.permute(0, 3, 1, 2)
+        # On CUDA the depth-wise conv runs channels-last (cuDNN), and its output is the token-
+        # major layout that the Triton scan reads without a copy.
+        fmt = torch.channels_last if x.is_cuda else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        x = self.act(self.conv2d(x))
         ys = local_selective_scan(x, self.x_proj_weight, self.dt_projs_weight,
                                   self.dt_projs_bias, self.A_logs, self.Ds, self.directions,
                                   self.official_v_reverse, self.scan_backend)  # (B, K, HW, Di)
-        y = self.out_norm(self.multi_scan.merge(ys))
+        fused = resolve_backend(self.scan_backend, ys.device) == 'triton'
+        y = self.multi_scan.merge_norm(ys, self.out_norm, fused=fused)
         y = y.view(batch, height, width, -1).to(x.dtype)
         return self.out_proj(y * z)
 

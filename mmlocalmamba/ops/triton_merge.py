@@ -279,6 +279,19 @@ if triton is not None:
         return mean, rstd, diff
 
     @triton.jit
+    def _gated_sum(y_k, syk, offs, g_k, cols, mask, cmask, K, C, BL: tl.constexpr,
+                   CP: tl.constexpr):
+        """sum_k y_k * gate_k of the program's (BL, CP) tile (fp32); y_k / g_k point at k = 0."""
+        acc = tl.zeros((BL, CP), dtype=tl.float32)
+        for _ in range(K):
+            y = tl.load(y_k + offs, mask=mask, other=0.0).to(tl.float32)
+            gate = tl.load(g_k + cols, mask=cmask, other=0.0)
+            acc += y * gate[None, :]
+            y_k += syk
+            g_k += C
+        return acc
+
+    @triton.jit
     def _stats_kernel(y_ptr, syb, syk, syl, syc, part_ptr, K, L, C, eps,
                       BL: tl.constexpr, CP: tl.constexpr):
         """part[b, blk, k, :] = sum over the block's rows of xhat(ys[b, k, row, :])."""
@@ -303,15 +316,8 @@ if triton is not None:
         b = tl.program_id(1).to(tl.int64)
         local, rows, cols, rmask, cmask, mask = _tile_offsets(L, C, BL, CP)
         offs = local[:, None] * syl + cols[None, :] * syc
-        y_k = y_ptr + b * syb + (blk * BL).to(tl.int64) * syl
-        g_k = gate_ptr + b * K * C
-        acc = tl.zeros((BL, CP), dtype=tl.float32)
-        for _ in range(K):
-            y = tl.load(y_k + offs, mask=mask, other=0.0).to(tl.float32)
-            gate = tl.load(g_k + cols, mask=cmask, other=0.0)
-            acc += y * gate[None, :]
-            y_k += syk
-            g_k += C
+        acc = _gated_sum(y_ptr + b * syb + (blk * BL).to(tl.int64) * syl, syk, offs,
+                         gate_ptr + b * K * C, cols, mask, cmask, K, C, BL, CP)
         mean, rstd, diff = _row_norm(acc, mask, C, eps)
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
         bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
@@ -332,15 +338,8 @@ if triton is not None:
         local, rows, cols, rmask, cmask, mask = _tile_offsets(L, C, BL, CP)
         offs = local[:, None] * syl + cols[None, :] * syc
         y_base = y_ptr + b * syb + (blk * BL).to(tl.int64) * syl
-        y_k = y_base
-        g_k = gate_ptr + b * K * C
-        acc = tl.zeros((BL, CP), dtype=tl.float32)
-        for _ in range(K):
-            y = tl.load(y_k + offs, mask=mask, other=0.0).to(tl.float32)
-            gate = tl.load(g_k + cols, mask=cmask, other=0.0)
-            acc += y * gate[None, :]
-            y_k += syk
-            g_k += C
+        acc = _gated_sum(y_base, syk, offs, gate_ptr + b * K * C, cols, mask, cmask, K, C, BL,
+                         CP)
         tok = b * L + rows
         mean = tl.load(mean_ptr + tok, mask=rmask, other=0.0)
         rstd = tl.load(rstd_ptr + tok, mask=rmask, other=0.0)

@@ -50,7 +50,9 @@ LOG2E = 1.4426950408889634
 #: Launch configuration (tuned on an H100, see docs/kernel_notes.md). A program
 #: (``num_warps`` = 1) owns ``CH * DL`` channels; ``DL`` lanes go along channels and ``32 / DL``
 #: along states (``DL = 32``: a thread owns a channel and all its states).
-#: ``v3_fwd``: forward, checkpoint and summary passes; ``v3_bwd``: backward (``T`` = steps whose
+#: ``v3_fwd``: forward, checkpoint and summary passes (``maxnreg=80``: 25 one-warp programs per
+#: SM instead of 19, so the 3,072 programs of stage 1 at batch 128 run in one wave; 0-72 bytes
+#: of spills; stage-1 forward 5.2 -> 4.0-4.3 ms); ``v3_bwd``: backward (``T`` = steps whose
 #: states are recomputed into registers per chunk; the channel sums use a lane reduce-scatter
 #: when ``DL = 32``). ``v3_target_programs``: below this many programs, the scan order is cut
 #: into segments that run in parallel (at least ``v3_min_segment`` steps each).
@@ -63,11 +65,14 @@ LOG2E = 1.4426950408889634
 #: per thread, but more registers: measured slower, off).
 #: ``v3_ck_every``: checkpoints every ``v3_ck_every * T`` steps (a chunk between two checkpoints
 #: first advances from the previous one: half the checkpoint memory for 1/4 more recompute).
-#: ``v3_ck_max_bytes``: above this checkpoint size the backward runs in batch groups.
+#: ``v3_ck_max_bytes``: above this checkpoint size the backward runs in batch groups (fewer
+#: programs per launch, and segments when they get few: ~5 ms more per stage-1 layer at
+#: batch 128). 4 GB keeps batch 128 at 224x224 in one group (2.5 GB at stage 1); it did not
+#: move the training peak of LocalVMamba-T (15.8 GiB either way).
 #: ``du_atomic``: the backward adds the K directions' input gradients atomically into one buffer
 #: instead of writing K buffers and summing them.
 KERNEL_CONFIG = {
-    'v3_fwd': dict(CH=1, DL=32, num_warps=1),
+    'v3_fwd': dict(CH=1, DL=32, num_warps=1, maxnreg=80),
     'v3_bwd': dict(CH=1, DL=32, T=4, num_warps=1),
     'v3_target_programs': 2048,
     'v3_min_segment': 64,
@@ -75,7 +80,7 @@ KERNEL_CONFIG = {
     'v3_lowrank_max': 16,
     'v3_dbl_fp32': False,
     'v3_ck_every': 2,
-    'v3_ck_max_bytes': 0.9e9,
+    'v3_ck_max_bytes': 4e9,
     'du_atomic': True,
     'x_channels_last': True,
 }
@@ -221,7 +226,9 @@ class _Problem:
 
     @property
     def identity(self):
-        return isinstance(self.tables, tuple) and self.tables[0] == 'identity'
+        # ScanTables is a tuple too: test its type, never compare its tensors with a string
+        # (Tensor == str costs ~50 us of host time per call, 9 ms per 800x1344 training step).
+        return not isinstance(self.tables, ScanTables)
 
     def table_args(self):
         if self.identity:
