@@ -115,7 +115,11 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
     tables = ts.scan_tables(H, W, dirs, True)
     errs = []
     # low rank, full delta, sequence segments, batch groups, other tile shapes
+    t2 = dict(CH=1, DL=32, T=2, num_warps=1)
     for over in ({}, {'v3_lowrank_max': 0}, {'v3_target_programs': 10**6, 'v3_min_segment': 4},
+                 {'v3_target_programs': 10**6, 'v3_min_segment': 4, 'v3_bwd': t2},
+                 {'v3_target_programs': 10**6, 'v3_min_segment': 4, 'v3_bwd': t2,
+                  'v3_reuse_summaries': False},
                  {'v3_ck_max_bytes': 1000, 'v3_ck_every': 1},
                  {'v3_fwd': dict(CH=2, DL=32, num_warps=1),
                   'v3_bwd': dict(CH=2, DL=8, T=2, num_warps=1)}):

@@ -69,6 +69,9 @@ LOG2E = 1.4426950408889634
 #: programs per launch, and segments when they get few: ~5 ms more per stage-1 layer at
 #: batch 128). 4 GB keeps batch 128 at 224x224 in one group (2.5 GB at stage 1); it did not
 #: move the training peak of LocalVMamba-T (15.8 GiB either way).
+#: ``v3_reuse_summaries``: with sequence segments, the backward takes the segment start states
+#: of the forward instead of rerunning the summary pass (one launch pair and one pass over the
+#: sequence less per layer; 800x1344 images).
 #: ``du_atomic``: the backward adds the K directions' input gradients atomically into one buffer
 #: instead of writing K buffers and summing them.
 KERNEL_CONFIG = {
@@ -82,6 +85,7 @@ KERNEL_CONFIG = {
     'v3_ck_every': 2,
     'v3_ck_max_bytes': 4e9,
     'du_atomic': True,
+    'v3_reuse_summaries': True,
     'x_channels_last': True,
 }
 # Developer override, e.g. MMLOCALMAMBA_TRITON_CONFIG='{"v3_bwd": {"CH": 1, "DL": 8, "T": 8,
@@ -221,6 +225,7 @@ class _Problem:
         self.batch, self.num_dirs, self.num_ch = batch, num_dirs, num_ch
         self.rank, self.nstate = rank, nstate
         self.rp = _rank_pad(rank) if not delta_full else 4
+        self.summaries = None  # (segs, seg_len, hs, ds) of a forward with sequence segments
         if nstate & (nstate - 1):
             raise ValueError(f'The Triton scan needs a power-of-two state size, got N={nstate}.')
 
@@ -252,15 +257,22 @@ class _Problem:
                     SOFTPLUS=self.softplus, IDENTITY=self.identity)
 
     def forward(self, y, y_strides):
-        """Write y (scan outputs at natural positions)."""
+        """Write y (scan outputs at natural positions).
+
+        With sequence segments, the segment start states and delta sums stay in
+        ``self.summaries`` (a few MB: segments are used only when programs are few), so that a
+        backward on the same segmentation skips its own summary pass.
+        """
         cfg, opts = _split_config('v3_fwd')
         cfg.pop('T', None)
         tbwd = KERNEL_CONFIG['v3_bwd']['T']
         tables, lmax, num_tokens, separate = self.table_args()
         nblk = triton_cdiv(self.num_ch, cfg['CH'] * cfg['DL'])
-        segs, seg_len = self.segments(nblk, lmax, tbwd)
+        # segment lengths on the backward's checkpoint spacing, so the summaries can be reused
+        segs, seg_len = self.segments(nblk, lmax, tbwd * KERNEL_CONFIG['v3_ck_every'])
         if segs > 1:
             hs, ds = self._summaries(segs, seg_len, cfg, opts, tbwd)
+            self.summaries = (segs, seg_len, hs, ds)
         else:
             hs = ds = self.a2
         self._fwd_launch(nblk, segs, seg_len, cfg, opts, tbwd, y=y, y_strides=y_strides, hs=hs,
@@ -355,7 +367,12 @@ class _Problem:
         ck = torch.empty((self.batch, self.num_dirs, num_ck, self.nstate, self.num_ch),
                          dtype=torch.float32, device=dev)
         if segs > 1:
-            hs, ds = self._summaries(segs, seg_len, fcfg, fopts, chunk)
+            saved = self.summaries
+            if (KERNEL_CONFIG['v3_reuse_summaries'] and saved is not None
+                    and saved[:2] == (segs, seg_len) and saved[2].shape[0] == self.batch):
+                hs, ds = saved[2:]  # from the forward (same segments, same inputs)
+            else:
+                hs, ds = self._summaries(segs, seg_len, fcfg, fopts, chunk)
             self._fwd_launch(fblk, segs, seg_len, fcfg, fopts, chunk, ck=ck, hs=hs, ds=ds,
                              load_h0=True)
             del hs
@@ -425,11 +442,14 @@ class _LocalScanFn(torch.autograd.Function):
                                                rank, rp)
         prob = _local_problem(x_cl, _kernel_dbl(x_dbl), wt, a2, dskip, bias, tables, rank, nstate,
                               num_dirs)
+        ctx.wt = wt
         y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
                         device=x_cl.device)
         prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
         ctx.save_for_backward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds)
         ctx.tables, ctx.nstate = tables, nstate
+        # derived fp32 tables and segment summaries: reused by the backward (small tensors)
+        ctx.derived = (A, a2, dskip, bias, prob.summaries)
         return y
 
     @staticmethod
@@ -439,10 +459,10 @@ class _LocalScanFn(torch.autograd.Function):
         batch, num_tokens, num_ch = x_cl.shape
         num_dirs, _, rank = dt_w.shape
         rp = _rank_pad(rank)
-        A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate, dt_w,
-                                               rank, rp)
-        prob = _local_problem(x_cl, _kernel_dbl(x_dbl), wt, a2, dskip, bias, ctx.tables, rank,
-                              nstate, num_dirs)
+        A, a2, dskip, bias, summaries = ctx.derived
+        prob = _local_problem(x_cl, _kernel_dbl(x_dbl), ctx.wt, a2, dskip, bias, ctx.tables,
+                              rank, nstate, num_dirs)
+        prob.summaries = summaries
         dev = x_cl.device
         # dy arrives as (B, K, HW, D) with any strides; the kernel takes (b, k, d, l) strides.
         dys = dy.stride()
@@ -485,6 +505,8 @@ class _LocalScanFullFn(torch.autograd.Function):
         prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
         ctx.save_for_backward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds)
         ctx.tables, ctx.nstate = tables, nstate
+        # derived fp32 tables and segment summaries: reused by the backward (small tensors)
+        ctx.derived = (A, a2, dskip, bias, prob.summaries)
         return y
 
     @staticmethod
@@ -493,10 +515,11 @@ class _LocalScanFullFn(torch.autograd.Function):
         nstate = ctx.nstate
         batch, num_tokens, num_ch = x_cl.shape
         num_dirs, _, rank = dt_w.shape
-        A, a2, dskip, bias, _ = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate)
+        A, a2, dskip, bias, summaries = ctx.derived
         delta_raw = _full_delta(x_dbl, dt_w, nstate)
         prob = _local_full_problem(x_cl, _kernel_dbl(x_dbl), delta_raw, a2, dskip, bias,
                                    ctx.tables, nstate)
+        prob.summaries = summaries
         dev = x_cl.device
         dys = dy.stride()
         du_atomic = KERNEL_CONFIG['du_atomic'] and num_dirs > 1
