@@ -317,3 +317,20 @@ def test_plain_selective_scan_without_d_and_bias():
     ref = selective_scan_torch(u.double(), delta.double(), A.double(), B.double(), C.double())
     out = selective_scan(u, delta, A, B, C, backend='triton')
     assert rel(out, ref) < 2e-5
+
+
+def test_problem_identity_never_compares_tables_with_a_string(monkeypatch):
+    """Regression: ``_Problem.identity`` compared the index tables (a tuple of tensors) with the
+    string 'identity' (Tensor == str: ~50 us of host time per kernel launch)."""
+    tables = triton_scan.scan_tables(3, 4, ('h', 'w2'))
+
+    def no_compare(self, other):
+        raise AssertionError(f'tensor compared with {other!r}')
+
+    monkeypatch.setattr(torch.Tensor, '__eq__', no_compare)
+    z = torch.zeros(1)
+    common = dict(u=z, u_strides=(0, ) * 4, dt=z, dt_strides=(0, ) * 4, delta_full=True, w=None,
+                  bmat=z, b_strides=(0, ) * 4, cmat=z, c_strides=(0, ) * 4, a2=z, dskip=None,
+                  bias=None, softplus=True, batch=1, num_dirs=2, num_ch=1, rank=0, nstate=4)
+    assert triton_scan._Problem(tables=tables, **common).identity is False
+    assert triton_scan._Problem(tables=('identity', 12), **common).identity is True
