@@ -334,3 +334,20 @@ def test_problem_identity_never_compares_tables_with_a_string(monkeypatch):
                   bias=None, softplus=True, batch=1, num_dirs=2, num_ch=1, rank=0, nstate=4)
     assert triton_scan._Problem(tables=tables, **common).identity is False
     assert triton_scan._Problem(tables=('identity', 12), **common).identity is True
+
+
+def test_softplus_mode(monkeypatch):
+    """Fast softplus (inline SFU log2) only where inline assembly runs: never in the interpreter."""
+    z = torch.zeros(1)
+    common = dict(u=z, u_strides=(0, ) * 4, dt=z, dt_strides=(0, ) * 4, delta_full=True, w=None,
+                  bmat=z, b_strides=(0, ) * 4, cmat=z, c_strides=(0, ) * 4, a2=z, dskip=None,
+                  bias=None, batch=1, num_dirs=1, num_ch=1, rank=0, nstate=4,
+                  tables=('identity', 8))
+    assert triton_scan._Problem(softplus=False, **common).softplus_mode == 0
+    monkeypatch.setattr(triton_scan, '_interpreting', lambda: False)
+    assert triton_scan._Problem(softplus=True, **common).softplus_mode == 2
+    monkeypatch.setitem(triton_scan.KERNEL_CONFIG, 'v3_fast_softplus', False)
+    assert triton_scan._Problem(softplus=True, **common).softplus_mode == 1
+    monkeypatch.setitem(triton_scan.KERNEL_CONFIG, 'v3_fast_softplus', True)
+    monkeypatch.setattr(triton_scan, '_interpreting', lambda: True)
+    assert triton_scan._Problem(softplus=True, **common).softplus_mode == 1

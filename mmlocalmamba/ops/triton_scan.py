@@ -61,14 +61,18 @@ LOG2E = 1.4426950408889634
 #: and the kernels read it in full (stages 3 and 4 of LocalVMamba-T, ranks 24 and 48).
 #: ``v3_recompute_decay``: the backward recomputes exp2(delta * A) in its reverse pass instead of
 #: keeping the recompute pass's values (fewer registers, more SFU work).
-#: ``v3_dbl_fp32``: the kernels read B, C and dt from an fp32 copy of x_dbl (no bf16 unpacking
-#: per thread, but more registers: measured slower, off).
+#: ``v3_dbl_fp32``: the kernels read B, C and dt from an fp32 copy of x_dbl (no bf16 unpacking:
+#: 366 instead of 470 instructions per two forward steps at 80 registers). Measured without a
+#: register cap: slower (128 registers). At ``maxnreg=80``: scan forward 4-15% faster, but
+#: inference +1% and training -1.4% for the whole model (the copy pass), so it stays off.
 #: ``v3_ck_every``: checkpoints every ``v3_ck_every * T`` steps (a chunk between two checkpoints
 #: first advances from the previous one: half the checkpoint memory for 1/4 more recompute).
 #: ``v3_ck_max_bytes``: above this checkpoint size the backward runs in batch groups (fewer
 #: programs per launch, and segments when they get few: ~5 ms more per stage-1 layer at
 #: batch 128). 4 GB keeps batch 128 at 224x224 in one group (2.5 GB at stage 1); it did not
 #: move the training peak of LocalVMamba-T (15.8 GiB either way).
+#: ``v3_fast_softplus``: softplus through the SFU's log2 and a log1p series (see ``_softplus`` in
+#: ``_triton_scan_v3``; ~15 instructions less per step and channel).
 #: ``v3_reuse_summaries``: with sequence segments, the backward takes the segment start states
 #: of the forward instead of rerunning the summary pass (one launch pair and one pass over the
 #: sequence less per layer; 800x1344 images).
@@ -86,6 +90,7 @@ KERNEL_CONFIG = {
     'v3_ck_max_bytes': 4e9,
     'du_atomic': True,
     'v3_reuse_summaries': True,
+    'v3_fast_softplus': True,
     'x_channels_last': True,
 }
 # Developer override, e.g. MMLOCALMAMBA_TRITON_CONFIG='{"v3_bwd": {"CH": 1, "DL": 8, "T": 8,
@@ -230,6 +235,14 @@ class _Problem:
             raise ValueError(f'The Triton scan needs a power-of-two state size, got N={nstate}.')
 
     @property
+    def softplus_mode(self):
+        """0: no softplus; 1: accurate log2; 2: SFU log2 and a log1p series (``v3_fast_softplus``;
+        not in Triton's interpreter, which has no inline assembly)."""
+        if not self.softplus:
+            return 0
+        return 2 if KERNEL_CONFIG['v3_fast_softplus'] and not _interpreting() else 1
+
+    @property
     def identity(self):
         # ScanTables is a tuple too: test its type, never compare its tensors with a string
         # (Tensor == str costs ~50 us of host time per call, 9 ms per 800x1344 training step).
@@ -254,7 +267,7 @@ class _Problem:
     def flags(self):
         return dict(N=self.nstate, RP=self.rp, DELTA_FULL=self.delta_full,
                     HAS_D=self.dskip is not None, HAS_BIAS=self.bias is not None,
-                    SOFTPLUS=self.softplus, IDENTITY=self.identity)
+                    SOFTPLUS=self.softplus_mode, IDENTITY=self.identity)
 
     def forward(self, y, y_strides):
         """Write y (scan outputs at natural positions).
@@ -384,7 +397,8 @@ class _Problem:
                      seg_len, *tables, self.num_dirs, self.num_ch, self.rank, num_tokens]
             kern.v3_rev_summary_kernel[(self.batch * self.num_dirs, fblk, segs)](
                 *sargs, N=self.nstate, RP=self.rp, DELTA_FULL=self.delta_full,
-                HAS_BIAS=self.bias is not None, SOFTPLUS=self.softplus, IDENTITY=self.identity,
+                HAS_BIAS=self.bias is not None, SOFTPLUS=self.softplus_mode,
+                IDENTITY=self.identity,
                 SEPARATE_SCATTER=separate, **fcfg, **fopts)
             self._combine(es, ds, segs, reverse=True)
         else:
