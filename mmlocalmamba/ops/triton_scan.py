@@ -445,37 +445,37 @@ def _param_tables(A_logs, Ds, bias, num_dirs, num_ch, nstate, w=None, rank=0, rp
 
 class _LocalScanFn(torch.autograd.Function):
     """Autograd of the fused scan given channels-last x and the natural-order projection x_dbl
-    (B, L, CT) in the layout of :func:`projection_weight`."""
+    (B, L, CT) in the layout of :func:`projection_weight`.
+
+    Low dt ranks: the kernels project dt to delta in registers. ``full`` (ranks above
+    ``v3_lowrank_max``): ``delta_raw = dt @ dt_projs_weight^T`` (B, L, K, D) is one batched GEMM
+    in the forward and again in the backward (recomputed, not saved), and the kernels read it.
+    """
 
     @staticmethod
-    def forward(ctx, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate):
+    def forward(ctx, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate, full):
         batch, num_tokens, num_ch = x_cl.shape
         num_dirs, _, rank = dt_w.shape
-        rp = _rank_pad(rank)
-        A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate, dt_w,
-                                               rank, rp)
-        prob = _local_problem(x_cl, _kernel_dbl(x_dbl), wt, a2, dskip, bias, tables, rank, nstate,
-                              num_dirs)
-        ctx.wt = wt
+        A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate,
+                                               None if full else dt_w, rank, _rank_pad(rank))
+        prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full)
         y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
                         device=x_cl.device)
         prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
         ctx.save_for_backward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds)
-        ctx.tables, ctx.nstate = tables, nstate
+        ctx.tables, ctx.nstate, ctx.full = tables, nstate, full
         # derived fp32 tables and segment summaries: reused by the backward (small tensors)
-        ctx.derived = (A, a2, dskip, bias, prob.summaries)
+        ctx.derived = (A, a2, dskip, bias, wt, prob.summaries)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds = ctx.saved_tensors
-        nstate = ctx.nstate
+        nstate, full = ctx.nstate, ctx.full
         batch, num_tokens, num_ch = x_cl.shape
         num_dirs, _, rank = dt_w.shape
-        rp = _rank_pad(rank)
-        A, a2, dskip, bias, summaries = ctx.derived
-        prob = _local_problem(x_cl, _kernel_dbl(x_dbl), ctx.wt, a2, dskip, bias, ctx.tables,
-                              rank, nstate, num_dirs)
+        A, a2, dskip, bias, wt, summaries = ctx.derived
+        prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, ctx.tables, nstate, full)
         prob.summaries = summaries
         dev = x_cl.device
         # dy arrives as (B, K, HW, D) with any strides; the kernel takes (b, k, d, l) strides.
@@ -489,80 +489,39 @@ class _LocalScanFn(torch.autograd.Function):
                              device=dev)
             du_strides = (du.stride(0), du.stride(1), du.stride(3), du.stride(2))
         dxdbl = torch.zeros(x_dbl.shape, dtype=torch.float32, device=dev)
-        b_strides, dt_strides = _dbl_strides(dxdbl, nstate, rp)
-        dbv, dcv, ddtv = _dbl_views(dxdbl, num_dirs, nstate)
+        b_strides, dt_strides = _dbl_strides(dxdbl, nstate, _rank_pad(rank))
+        dbv, dcv, ddt = _dbl_views(dxdbl, num_dirs, nstate)
+        if full:
+            # every real token is visited once per direction: ddelta is fully written
+            ddt = torch.empty(prob.dt.shape, dtype=torch.float32, device=dev)
+            dt_strides = _full_delta_strides(ddt)
         da, dd, dbias, dw = prob.backward(dy, (dys[0], dys[1], dys[3], dys[2]), du, du_strides,
-                                          du_atomic, ddtv, dt_strides, dbv, b_strides, dcv,
+                                          du_atomic, ddt, dt_strides, dbv, b_strides, dcv,
                                           b_strides)
-        dx = du if du_atomic else du.sum(1)
-        d_alog = (da * A).to(A_logs.dtype)
-        d_w = dw[:, :rank].transpose(1, 2).to(dt_w.dtype)
-        return (dx.to(x_cl.dtype), dxdbl.to(x_dbl.dtype), d_w,
-                dbias.view_as(dt_bias).to(dt_bias.dtype), d_alog, dd.to(Ds.dtype), None, None)
-
-
-class _LocalScanFullFn(torch.autograd.Function):
-    """Autograd of the fused scan with delta given in full to the kernels: the low-rank product
-    ``delta_raw = dt @ dt_projs_weight^T`` (B, L, K, D) is one batched GEMM in the forward and
-    again in the backward (recomputed, not saved), for ranks above ``v3_lowrank_max``."""
-
-    @staticmethod
-    def forward(ctx, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate):
-        batch, num_tokens, num_ch = x_cl.shape
-        num_dirs = dt_w.shape[0]
-        A, a2, dskip, bias, _ = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate)
-        delta_raw = _full_delta(x_dbl, dt_w, nstate)
-        prob = _local_full_problem(x_cl, _kernel_dbl(x_dbl), delta_raw, a2, dskip, bias, tables,
-                                   nstate)
-        y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
-                        device=x_cl.device)
-        prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
-        ctx.save_for_backward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds)
-        ctx.tables, ctx.nstate = tables, nstate
-        # derived fp32 tables and segment summaries: reused by the backward (small tensors)
-        ctx.derived = (A, a2, dskip, bias, prob.summaries)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds = ctx.saved_tensors
-        nstate = ctx.nstate
-        batch, num_tokens, num_ch = x_cl.shape
-        num_dirs, _, rank = dt_w.shape
-        A, a2, dskip, bias, summaries = ctx.derived
-        delta_raw = _full_delta(x_dbl, dt_w, nstate)
-        prob = _local_full_problem(x_cl, _kernel_dbl(x_dbl), delta_raw, a2, dskip, bias,
-                                   ctx.tables, nstate)
-        prob.summaries = summaries
-        dev = x_cl.device
-        dys = dy.stride()
-        du_atomic = KERNEL_CONFIG['du_atomic'] and num_dirs > 1
-        if du_atomic:
-            du = torch.zeros((batch, num_tokens, num_ch), dtype=torch.float32, device=dev)
-            du_strides = (du.stride(0), 0, du.stride(2), du.stride(1))
+        if full:
+            # delta_raw = dt @ W^T: the two GEMMs of its backward, in the forward GEMM's dtype
+            dt = _dt_view(x_dbl, num_dirs, nstate, rank)
+            ddelta = ddt.to(dt.dtype)
+            _dt_view(dxdbl, num_dirs, nstate, rank).copy_(
+                torch.einsum('blkd,kdr->blkr', ddelta, dt_w.to(dt.dtype)))
+            d_w = torch.einsum('blkd,blkr->kdr', ddelta, dt)
         else:
-            du = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
-                             device=dev)
-            du_strides = (du.stride(0), du.stride(1), du.stride(3), du.stride(2))
-        # every real token is visited once per direction: ddelta is fully written
-        ddelta = torch.empty(delta_raw.shape, dtype=torch.float32, device=dev)
-        del delta_raw
-        dxdbl = torch.zeros(x_dbl.shape, dtype=torch.float32, device=dev)
-        b_strides, _ = _dbl_strides(dxdbl, nstate, 8)
-        dbv, dcv, _ = _dbl_views(dxdbl, num_dirs, nstate)
-        da, dd, dbias, _ = prob.backward(dy, (dys[0], dys[1], dys[3], dys[2]), du, du_strides,
-                                         du_atomic, ddelta, _full_delta_strides(ddelta), dbv,
-                                         b_strides, dcv, b_strides)
-        # delta_raw = dt @ W^T: the two GEMMs of its backward, in the dtype of the forward GEMM
-        dt = _dt_view(x_dbl, num_dirs, nstate, rank)
-        ddelta = ddelta.to(dt.dtype)
-        _dt_view(dxdbl, num_dirs, nstate, rank).copy_(
-            torch.einsum('blkd,kdr->blkr', ddelta, dt_w.to(dt.dtype)))
-        d_w = torch.einsum('blkd,blkr->kdr', ddelta, dt)
+            d_w = dw[:, :rank].transpose(1, 2)
         dx = du if du_atomic else du.sum(1)
         d_alog = (da * A).to(A_logs.dtype)
         return (dx.to(x_cl.dtype), dxdbl.to(x_dbl.dtype), d_w.to(dt_w.dtype),
-                dbias.view_as(dt_bias).to(dt_bias.dtype), d_alog, dd.to(Ds.dtype), None, None)
+                dbias.view_as(dt_bias).to(dt_bias.dtype), d_alog, dd.to(Ds.dtype), None, None,
+                None)
+
+
+def _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full):
+    """The _Problem of one local scan (low-rank dt, or delta formed in full: see _LocalScanFn)."""
+    if full:
+        return _local_full_problem(x_cl, _kernel_dbl(x_dbl), _full_delta(x_dbl, dt_w, nstate), a2,
+                                   dskip, bias, tables, nstate)
+    num_dirs, _, rank = dt_w.shape
+    return _local_problem(x_cl, _kernel_dbl(x_dbl), wt, a2, dskip, bias, tables, rank, nstate,
+                          num_dirs)
 
 
 def _kernel_dbl(x_dbl):
@@ -694,12 +653,9 @@ def local_selective_scan_triton(x: torch.Tensor,
 def scan_projected(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables, nstate):
     """The scan (autograd) given channels-last tokens ``x_cl`` (B, L, D) and their projection
     ``x_dbl`` (B, L, CT) from :func:`project`: (B, K, L, D) float32."""
-    num_dirs, _, rank = dt_projs_weight.shape
-    if rank > KERNEL_CONFIG['v3_lowrank_max']:
-        return _LocalScanFullFn.apply(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds,
-                                      tables, nstate)
+    full = dt_projs_weight.shape[-1] > KERNEL_CONFIG['v3_lowrank_max']
     return _LocalScanFn.apply(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables,
-                              nstate)
+                              nstate, full)
 
 
 class _PlainScanFn(torch.autograd.Function):
