@@ -141,6 +141,53 @@ def _fwd_step(h, u, dtr, bv, cv, pf, live, w, bias, a2, dskip, DELTA_FULL: tl.co
     return h, y, delta
 
 
+@triton.jit
+def _prologue(num_dirs, num_ch, tab_sd, a2_ptr, bias_ptr, w_ptr, x_ptr, sx_b, sx_k, sx_d,
+              dt_ptr, sdt_b, sdt_k, sdt_r, N: tl.constexpr, RP: tl.constexpr, CH: tl.constexpr,
+              DL: tl.constexpr, DELTA_FULL: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Program indices, the per-channel parameter tiles and the x / dt bases shared by the scan
+    kernels (grid: (batch * num_dirs, channel blocks, segments)).
+
+    ``tab_sd`` == 1 at run time but is not specialised: per-channel addresses then carry no
+    contiguity, which keeps their loads and stores in the state tile's register layout.
+    """
+    pid_bk = tl.program_id(0)
+    bidx = (pid_bk // num_dirs).to(tl.int64)
+    k = pid_bk % num_dirs
+    ch = tl.arange(0, CH)[None, None, :]
+    n = tl.arange(0, N)[None, :, None]
+    dl = tl.arange(0, DL)[:, None, None]
+    d = tl.program_id(1) * (CH * DL) + ch * DL + dl
+    dmask = d < num_ch
+    td = d * tab_sd
+    tkd = k * num_ch + td
+    a2 = tl.load(a2_ptr + (k * N + n) * num_ch + td, mask=dmask, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + tkd, mask=dmask, other=0.0)
+    else:
+        bias = tl.zeros([DL, 1, CH], tl.float32)
+    if DELTA_FULL:
+        w = tl.zeros([DL, RP, CH], tl.float32)
+        dt_off = td * sdt_r
+        dt_base = dt_ptr + bidx * sdt_b + k * sdt_k
+    else:
+        w = tl.load(w_ptr + (k * RP + tl.arange(0, RP)[None, :, None]) * num_ch + td, mask=dmask,
+                    other=0.0)
+        dt_off = tl.arange(0, RP) * sdt_r
+        # the low-rank dt rows of one direction are RP-aligned (one 16-byte vector per 8)
+        dt_base = dt_ptr + bidx * sdt_b + tl.multiple_of(k * sdt_k, 8)
+    x_base = x_ptr + bidx * sx_b + k * sx_k
+    return bidx, k, n, d, dmask, td, tkd, a2, bias, w, dt_off, x_base, td * sx_d, dt_base
+
+
+@triton.jit
+def _load_dskip(dskip_ptr, tkd, dmask, DL: tl.constexpr, CH: tl.constexpr,
+                HAS_D: tl.constexpr):
+    if HAS_D:
+        return tl.load(dskip_ptr + tkd, mask=dmask, other=0.0)
+    return tl.zeros([DL, 1, CH], tl.float32)
+
+
 @triton.jit(do_not_specialize=['tab_sd'])
 def v3_fwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
@@ -168,45 +215,12 @@ def v3_fwd_kernel(
     state to ``hs`` (B, K, S, N, D) and the sum of deltas to ``ds`` (B, K, S, D); ``LOAD_H0``
     starts from ``hs[b, k, s]`` (segment start states, after the combine kernel).
     """
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
     seg = tl.program_id(2)
-    bidx = (pid_bk // num_dirs).to(tl.int64)
-    k = pid_bk % num_dirs
-    ch = tl.arange(0, CH)[None, None, :]
-    n = tl.arange(0, N)[None, :, None]
-    dl = tl.arange(0, DL)[:, None, None]
-    d = pid_d * (CH * DL) + ch * DL + dl
-    dmask = d < num_ch
     n1 = tl.arange(0, N)
-    r1 = tl.arange(0, RP)
-        # tab_sd == 1 at run time but is not specialised: per-channel addresses then carry no
-    # contiguity, which keeps their loads and stores in the state tile's register layout.
-    td = d * tab_sd
-    tkd = k * num_ch + td
-    a2 = tl.load(a2_ptr + (k * N + n) * num_ch + td, mask=dmask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + tkd, mask=dmask, other=0.0)
-    else:
-        bias = tl.zeros([DL, 1, CH], tl.float32)
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + tkd, mask=dmask, other=0.0)
-    else:
-        dskip = tl.zeros([DL, 1, CH], tl.float32)
-    if DELTA_FULL:
-        w = tl.zeros([DL, RP, CH], tl.float32)
-        dt_off = td * sdt_r
-    else:
-        w = tl.load(w_ptr + (k * RP + tl.arange(0, RP)[None, :, None]) * num_ch + td, mask=dmask,
-                    other=0.0)
-        dt_off = r1 * sdt_r
-    x_base = x_ptr + bidx * sx_b + k * sx_k
-    x_off = td * sx_d
-    if DELTA_FULL:
-        dt_base = dt_ptr + bidx * sdt_b + k * sdt_k
-    else:
-        # the low-rank dt rows of one direction are RP-aligned (one 16-byte vector per 8)
-        dt_base = dt_ptr + bidx * sdt_b + tl.multiple_of(k * sdt_k, 8)
+    bidx, k, n, d, dmask, td, tkd, a2, bias, w, dt_off, x_base, x_off, dt_base = _prologue(
+        num_dirs, num_ch, tab_sd, a2_ptr, bias_ptr, w_ptr, x_ptr, sx_b, sx_k, sx_d, dt_ptr, sdt_b,
+        sdt_k, sdt_r, N, RP, CH, DL, DELTA_FULL, HAS_BIAS)
+    dskip = _load_dskip(dskip_ptr, tkd, dmask, DL, CH, HAS_D)
     b_base = b_ptr + bidx * sb_b + k * sb_k
     b_off = n1 * sb_n
     c_base = c_ptr + bidx * sc_b + k * sc_k
@@ -335,39 +349,11 @@ def v3_rev_summary_kernel(
         IDENTITY: tl.constexpr, SEPARATE_SCATTER: tl.constexpr):
     """Reverse summary of one segment: ``e`` entering the previous segment when nothing enters
     this one (``e_t = decay_t (C_t g_t + e_{t+1})``), written to ``es`` (B, K, S, N, D)."""
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
     seg = tl.program_id(2)
-    bidx = (pid_bk // num_dirs).to(tl.int64)
-    k = pid_bk % num_dirs
-    ch = tl.arange(0, CH)[None, None, :]
-    n = tl.arange(0, N)[None, :, None]
-    dl = tl.arange(0, DL)[:, None, None]
-    d = pid_d * (CH * DL) + ch * DL + dl
-    dmask = d < num_ch
     n1 = tl.arange(0, N)
-    r1 = tl.arange(0, RP)
-    td = d * tab_sd
-    tkd = k * num_ch + td
-    a2 = tl.load(a2_ptr + (k * N + n) * num_ch + td, mask=dmask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + tkd, mask=dmask, other=0.0)
-    else:
-        bias = tl.zeros([DL, 1, CH], tl.float32)
-    if DELTA_FULL:
-        w = tl.zeros([DL, RP, CH], tl.float32)
-        dt_off = td * sdt_r
-    else:
-        w = tl.load(w_ptr + (k * RP + tl.arange(0, RP)[None, :, None]) * num_ch + td, mask=dmask,
-                    other=0.0)
-        dt_off = r1 * sdt_r
-    x_base = x_ptr + bidx * sx_b + k * sx_k
-    x_off = td * sx_d
-    if DELTA_FULL:
-        dt_base = dt_ptr + bidx * sdt_b + k * sdt_k
-    else:
-        # the low-rank dt rows of one direction are RP-aligned (one 16-byte vector per 8)
-        dt_base = dt_ptr + bidx * sdt_b + tl.multiple_of(k * sdt_k, 8)
+    bidx, k, n, d, dmask, td, tkd, a2, bias, w, dt_off, x_base, x_off, dt_base = _prologue(
+        num_dirs, num_ch, tab_sd, a2_ptr, bias_ptr, w_ptr, x_ptr, sx_b, sx_k, sx_d, dt_ptr, sdt_b,
+        sdt_k, sdt_r, N, RP, CH, DL, DELTA_FULL, HAS_BIAS)
     c_base = c_ptr + bidx * sc_b + k * sc_k
     c_off = n1 * sc_n
     dy_base = dy_ptr + bidx * sy_b + k * sy_k
@@ -471,45 +457,16 @@ def v3_bwd_kernel(
     (B*S, K*D) and ``dw`` (B*S, K, RP, D). ``LOAD_E``: the adjoint entering the segment from the
     later one is ``es[b, k, s]`` (after the reverse combine).
     """
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
     seg = tl.program_id(2)
-    bidx = (pid_bk // num_dirs).to(tl.int64)
-    k = pid_bk % num_dirs
-    ch = tl.arange(0, CH)[None, None, :]
-    n = tl.arange(0, N)[None, :, None]
-    dl = tl.arange(0, DL)[:, None, None]
     r = tl.arange(0, RP)[None, :, None]
-    d = pid_d * (CH * DL) + ch * DL + dl
     lane = tl.arange(0, DL)[:, None]
-    dmask = d < num_ch
     n1 = tl.arange(0, N)
-    r1 = tl.arange(0, RP)
-    td = d * tab_sd
-    tkd = k * num_ch + td
-    a2 = tl.load(a2_ptr + (k * N + n) * num_ch + td, mask=dmask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + tkd, mask=dmask, other=0.0)
-    else:
-        bias = tl.zeros([DL, 1, CH], tl.float32)
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + tkd, mask=dmask, other=0.0)
-    else:
-        dskip = tl.zeros([DL, 1, CH], tl.float32)
+    bidx, k, n, d, dmask, td, tkd, a2, bias, w, dt_off, x_base, x_off, dt_base = _prologue(
+        num_dirs, num_ch, tab_sd, a2_ptr, bias_ptr, w_ptr, x_ptr, sx_b, sx_k, sx_d, dt_ptr, sdt_b,
+        sdt_k, sdt_r, N, RP, CH, DL, DELTA_FULL, HAS_BIAS)
+    dskip = _load_dskip(dskip_ptr, tkd, dmask, DL, CH, HAS_D)
     if DELTA_FULL:
-        w = tl.zeros([DL, RP, CH], tl.float32)
-        dt_off = td * sdt_r
         ddt_off = td * sddt_r
-    else:
-        w = tl.load(w_ptr + (k * RP + r) * num_ch + td, mask=dmask, other=0.0)
-        dt_off = r1 * sdt_r
-    x_base = x_ptr + bidx * sx_b + k * sx_k
-    x_off = td * sx_d
-    if DELTA_FULL:
-        dt_base = dt_ptr + bidx * sdt_b + k * sdt_k
-    else:
-        # the low-rank dt rows of one direction are RP-aligned (one 16-byte vector per 8)
-        dt_base = dt_ptr + bidx * sdt_b + tl.multiple_of(k * sdt_k, 8)
     ddt_base = ddt_ptr + bidx * sddt_b + k * sddt_k
     b_base = b_ptr + bidx * sb_b + k * sb_k
     b_off = n1 * sb_n
