@@ -11,12 +11,8 @@ import torch
 from mmlocalmamba.models import LocalVMamba
 from mmlocalmamba.models.layers import MultiScan
 
-CUDA = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not CUDA, reason='needs CUDA')
+from .conftest import gpu, max_rel
 
-
-def _rel(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
 def _pair(**kwargs):
@@ -41,12 +37,12 @@ def test_fused_backbone_matches_torch_path_fp32(size):
     outs_r, outs_f = ref(xr), fused(xf)
     for o_r, o_f in zip(outs_r, outs_f):
         assert o_f.shape == o_r.shape
-        assert _rel(o_f, o_r) < 1e-4
+        assert max_rel(o_f, o_r) < 1e-4
     weights = [torch.randn_like(o) for o in outs_r]
     sum((o * w).sum() for o, w in zip(outs_r, weights)).backward()
     sum((o * w).sum() for o, w in zip(outs_f, weights)).backward()
-    assert _rel(xf.grad, xr.grad) < 1e-3
-    worst = max(_rel(pf.grad, pr.grad)
+    assert max_rel(xf.grad, xr.grad) < 1e-3
+    worst = max(max_rel(pf.grad, pr.grad)
                 for (name, pr), pf in zip(ref.named_parameters(), fused.parameters())
                 if pr.grad is not None)
     assert worst < 2e-3
@@ -60,7 +56,7 @@ def test_fused_backbone_under_bf16_autocast():
         outs_r, outs_f = ref(x), fused(x)
     for o_r, o_f in zip(outs_r, outs_f):
         assert torch.isfinite(o_f).all()
-        assert _rel(o_f.float(), o_r.float()) < 5e-2
+        assert max_rel(o_f.float(), o_r.float()) < 5e-2
 
 
 @gpu
@@ -80,7 +76,7 @@ def test_merge_norm_fused_flag_routes_to_triton(monkeypatch):
     plain = MultiScan(('h', 'v', 'w2'), 16).cuda()
     out = plain.merge_norm(ys, norm, fused=True)
     assert calls == [1]
-    assert _rel(out, norm(plain.merge(ys))) < 1e-5
+    assert max_rel(out, norm(plain.merge(ys))) < 1e-5
     search = MultiScan(('h', 'v', 'w2'), 16, search=True).cuda()
     search.merge_norm(ys, norm, fused=True)
     assert calls == [1]

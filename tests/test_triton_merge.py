@@ -17,18 +17,10 @@ from mmlocalmamba.models.layers import MultiScan
 from mmlocalmamba.ops import triton_merge
 from mmlocalmamba.ops.triton_merge import scattn_merge_reference, scattn_merge_triton
 
-from .conftest import run_in_triton_interpreter
+from .conftest import cpu_only, gpu, max_rel, run_in_triton_interpreter
 
-CUDA = torch.cuda.is_available() and triton_merge.is_available()
-gpu = pytest.mark.skipif(not CUDA, reason='needs CUDA and triton')
 
 PARAM_NAMES = ('attn_w', 'attn_b', 'w1', 'b1', 'w2', 'b2', 'out_w', 'out_b')
-
-
-def max_rel(a, b):
-    """max|a - b| / max|b| (b the reference)."""
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 def make_params(num_ch, rank=None, seed=0, device='cpu', dtype=torch.float64):
@@ -198,7 +190,7 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='the GPU tests cover the kernels')
+@cpu_only
 def test_kernels_in_triton_interpreter():
     """The kernels' logic on CPU: Triton's interpreter runs them like numpy programs."""
     assert run_in_triton_interpreter(INTERPRETER_SCRIPT) < 1e-5

@@ -16,18 +16,10 @@ from mmlocalmamba.ops.local_scan import local_selective_scan
 from mmlocalmamba.ops.scan_orders import gather_index, inverse_index, scan_length
 from mmlocalmamba.ops.selective_scan import resolve_backend, selective_scan, selective_scan_torch
 
-from .conftest import run_in_triton_interpreter
+from .conftest import cpu_only, gpu, rel_l2, run_in_triton_interpreter
 
-CUDA = torch.cuda.is_available() and triton_scan.is_available()
-gpu = pytest.mark.skipif(not CUDA, reason='needs CUDA and triton')
 
 ALL8 = ('h', 'h_flip', 'v', 'v_flip', 'w2', 'w2_flip', 'w7', 'w7_flip')
-
-
-def rel(a, b):
-    """Relative L2 error of a against the reference b."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_layer(batch, channels, height, width, num_dirs, rank=3, nstate=16, device='cpu',
@@ -138,7 +130,7 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='the GPU tests cover the kernels')
+@cpu_only
 def test_kernels_in_triton_interpreter():
     """The kernels' logic on CPU: Triton's interpreter runs them like numpy programs."""
     assert run_in_triton_interpreter(INTERPRETER_SCRIPT) < 1e-5
@@ -168,10 +160,10 @@ def test_local_scan_fp32_matches_fp64_reference(height, width, directions, offic
     y, grads = run_local(p32, directions, official, 'triton', grad_out)
     assert y.dtype == torch.float32 and y.shape == y_ref.shape
     assert torch.isfinite(y).all()
-    assert rel(y, y_ref) < 2e-5
+    assert rel_l2(y, y_ref) < 2e-5
     for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
         assert a.dtype == torch.float32
-        assert rel(a, b) < 5e-5, name
+        assert rel_l2(a, b) < 5e-5, name
 
 
 @gpu
@@ -184,10 +176,10 @@ def test_local_scan_half_inputs(dtype, tol):
     y_ref, g_ref = run_local(params, directions, True, 'torch', grad_out)
     y, grads = run_local([p.to(dtype) for p in params], directions, True, 'triton', grad_out)
     assert y.dtype == torch.float32
-    assert rel(y, y_ref) < tol
+    assert rel_l2(y, y_ref) < tol
     for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
         assert a.dtype == dtype
-        assert rel(a, b) < 3 * tol, name
+        assert rel_l2(a, b) < 3 * tol, name
 
 
 @gpu
@@ -201,8 +193,8 @@ def test_local_scan_under_autocast_and_channels_last():
     with torch.autocast('cuda', dtype=torch.bfloat16):
         y, grads = run_local(params, directions, False, 'triton', grad_out)
     assert y.dtype == torch.float32
-    assert rel(y, y_ref) < 2e-2
-    assert rel(grads[0], g_ref[0]) < 5e-2
+    assert rel_l2(y, y_ref) < 2e-2
+    assert rel_l2(grads[0], g_ref[0]) < 5e-2
 
 
 @gpu
@@ -213,9 +205,9 @@ def test_local_scan_long_sequence_70k():
     grad_out = torch.randn(1, 4, 200 * 336, 16, device='cuda', dtype=torch.float64)
     y_ref, g_ref = run_local(params, directions, True, 'torch', grad_out)
     y, grads = run_local([p.float() for p in params], directions, True, 'triton', grad_out)
-    assert rel(y, y_ref) < 1e-4
+    assert rel_l2(y, y_ref) < 1e-4
     for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
-        assert rel(a, b) < 2e-4, name
+        assert rel_l2(a, b) < 2e-4, name
 
 
 @gpu
@@ -246,9 +238,9 @@ def test_local_scan_kernel_variants(over, monkeypatch):
     y_ref, g_ref = run_local(params, directions, True, 'torch', grad_out)
     monkeypatch.setattr(triton_scan, 'KERNEL_CONFIG', dict(triton_scan.KERNEL_CONFIG, **over))
     y, grads = run_local([p.float() for p in params], directions, True, 'triton', grad_out)
-    assert rel(y, y_ref) < 2e-5
+    assert rel_l2(y, y_ref) < 2e-5
     for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
-        assert rel(a, b) < 5e-5, name
+        assert rel_l2(a, b) < 5e-5, name
 
 
 @gpu
@@ -262,9 +254,9 @@ def test_local_scan_large_rank_bf16_autocast(rank):
                              grad_out.double())
     with torch.autocast('cuda', dtype=torch.bfloat16):
         y, grads = run_local(params, directions, False, 'triton', grad_out)
-    assert rel(y, y_ref) < 2e-2
+    assert rel_l2(y, y_ref) < 2e-2
     for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
-        assert rel(a, b) < 6e-2, name
+        assert rel_l2(a, b) < 6e-2, name
 
 
 @gpu
@@ -301,9 +293,9 @@ def test_plain_selective_scan(groups, softplus, dtype, tol):
     out = selective_scan(*tri_in, softplus=softplus, backend='triton')
     assert out.dtype == dtype
     g_tri = torch.autograd.grad((out.double() * go).sum(), tri_in)
-    assert rel(out, ref) < tol
+    assert rel_l2(out, ref) < tol
     for name, a, b in zip('u delta A B C D bias'.split(), g_tri, g_ref):
-        assert rel(a, b) < 3 * tol, name
+        assert rel_l2(a, b) < 3 * tol, name
 
 
 @gpu
@@ -316,7 +308,7 @@ def test_plain_selective_scan_without_d_and_bias():
     C = torch.randn(batch, nstate, length, device='cuda')
     ref = selective_scan_torch(u.double(), delta.double(), A.double(), B.double(), C.double())
     out = selective_scan(u, delta, A, B, C, backend='triton')
-    assert rel(out, ref) < 2e-5
+    assert rel_l2(out, ref) < 2e-5
 
 
 def test_problem_identity_never_compares_tables_with_a_string(monkeypatch):
