@@ -105,9 +105,15 @@ def check_out_indices(out_indices: Union[int, Sequence[int]], num: int, what: st
 
 
 class ScanLayer(nn.Module):
-    """Base of the modules that run a selective scan (their ``scan_backend`` is switchable)."""
+    """Base of the modules that run a selective scan (their ``scan_backend`` is switchable).
+
+    ``scan_config``: the Triton kernels' launch configuration
+    (:class:`~mmlocalmamba.ops.triton.ScanConfig`, an immutable value); None uses the tuned
+    default. Meant for kernel development and benchmarks.
+    """
 
     scan_backend: str = 'auto'
+    scan_config = None
 
 
 class LocalMambaBackbone(BaseModule):

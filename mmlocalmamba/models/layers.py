@@ -104,23 +104,26 @@ class MultiScan(nn.Module):
             out = out + probs[k] * F.layer_norm(y, y.shape[-1:], eps=1e-5)
         return out
 
-    def merge_norm(self, ys: torch.Tensor, norm: nn.LayerNorm,
-                   backend: str = 'torch') -> torch.Tensor:
-        """``norm(self.merge(ys))``, through the fused kernels where ``backend`` allows.
+    def merge_norm(self, ys: torch.Tensor, norm: nn.LayerNorm, backend: str = 'torch',
+                   z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``norm(self.merge(ys))`` (times ``SiLU(z)`` when ``z`` is given), through the fused
+        kernels where ``backend`` allows.
 
         On CUDA, plain (non-search) layers with their own SCAttn go through
         :func:`~mmlocalmamba.ops.merge.scattn_merge`: with the Triton backend the fused
         kernels (the same values in fp32, the gate MLP included, which autocast would otherwise
         run in bf16; the (B, K, L, C) outputs are read twice in the forward instead of about ten
-        times). CPU tensors and search layers run the modules' PyTorch merge.
+        times; the output gate and the cast to z's dtype in the same pass). CPU tensors and
+        search layers run the modules' PyTorch merge.
 
         Args:
             ys: (B, K, L, C) scan outputs.
             norm: the LayerNorm over C applied to the merged outputs.
             backend: the layer's scan backend (``'auto'``/``'triton'`` allow the fused path).
+            z: optional (B, L, C) output gate before its activation (SiLU is applied here).
 
         Returns:
-            (B, L, C).
+            (B, L, C): the normalised merge (in z's dtype times ``SiLU(z)`` with ``z``).
         """
         if (ys.is_cuda and not self.search and hasattr(self, 'attn')
                 and backend in ('auto', 'triton')):
@@ -128,8 +131,11 @@ class MultiScan(nn.Module):
             return scattn_merge(ys, attn.norm.weight, attn.norm.bias, attn.norm.eps,
                                 attn.global_reduce.weight, attn.global_reduce.bias,
                                 attn.channel_select.weight, attn.channel_select.bias,
-                                norm.weight, norm.bias, norm.eps, backend=backend)
-        return norm(self.merge(ys))
+                                norm.weight, norm.bias, norm.eps, z=z, backend=backend)
+        out = norm(self.merge(ys))
+        if z is None:
+            return out
+        return out.to(z.dtype) * F.silu(z)
 
     def arch_probs(self) -> torch.Tensor:
         """Softmax of the architecture weights, (K,) (search layers only)."""

@@ -140,7 +140,6 @@ class SS2D(ScanLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        z = self.act(z)
         x = x.permute(0, 3, 1, 2)
         # On CUDA the depth-wise conv runs channels-last (cuDNN), and its output is the token-
         # major layout that the Triton scan reads without a copy.
@@ -149,10 +148,12 @@ class SS2D(ScanLayer):
         x = self.act(self.conv2d(x))
         ys = local_selective_scan(x, self.x_proj_weight, self.dt_projs_weight,
                                   self.dt_projs_bias, self.A_logs, self.Ds, self.directions,
-                                  self.official_v_reverse, self.scan_backend)  # (B, K, HW, Di)
-        y = self.multi_scan.merge_norm(ys, self.out_norm, backend=self.scan_backend)
-        y = y.view(batch, height, width, -1).to(x.dtype)
-        return self.out_proj(y * z)
+                                  self.official_v_reverse, self.scan_backend,
+                                  self.scan_config)  # (B, K, HW, Di)
+        # out_norm(merge) * SiLU(z), in z's dtype (fused on CUDA)
+        y = self.multi_scan.merge_norm(ys, self.out_norm, self.scan_backend,
+                                       z.reshape(batch, height * width, self.d_inner))
+        return self.out_proj(y.view(batch, height, width, self.d_inner))
 
 
 class VSSBlock(nn.Module):
