@@ -16,5 +16,5 @@ _base_ = ['./cascade-maskrcnn_localvim_t_lsj.py']
 pretrained = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vim_small.ckpt'  # noqa: E501 (no published link)
 
 model = dict(
-    backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
     neck=dict(in_channels=384))

@@ -23,15 +23,14 @@ _base_ = [
     'mmdet::common/lsj-100e_coco-instance.py',
 ]
 
-custom_imports = dict(imports=['mmlocalmamba', 'mmlocalmamba.engine'],
-                      allow_failed_imports=False)
+custom_imports = dict(imports=['mmlocalmamba'], allow_failed_imports=False)
 
 pretrained = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vim_tiny.ckpt'  # noqa: E501
 embed_dim = 192
 depth = 20
-image_size = (1024, 1024)
 norm_cfg = dict(type='LN2d', requires_grad=True)
-batch_augments = [dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]
+# Training inputs are padded to the LSJ crop size of the mmdet base (image_size, 1024x1024).
+batch_augments = [dict(type='BatchFixedSizePad', size=_base_.image_size, pad_mask=True)]
 
 
 def _cascade_box_head(target_stds):
@@ -51,12 +50,12 @@ def _cascade_box_head(target_stds):
 
 
 model = dict(
-    data_preprocessor=dict(pad_size_divisor=32, batch_augments=batch_augments),
+    data_preprocessor=dict(batch_augments=batch_augments),
     backbone=dict(
         _delete_=True,
         type='LocalVim',
         arch='tiny',
-        img_size=image_size,
+        img_size=_base_.image_size,
         drop_path_rate=0.1,
         out_indices=(depth - 1, ),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

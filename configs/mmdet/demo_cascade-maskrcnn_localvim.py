@@ -17,7 +17,6 @@ image_size = (256, 256)
 depth = 4
 num_classes = 4
 width = 128  # neck and head channels (256 in the full recipe)
-norm_cfg = dict(type='LN2d', requires_grad=True)
 
 
 def _cascade_box_head(target_stds):  # the base's heads with 4 classes (lists do not merge)
@@ -28,7 +27,7 @@ def _cascade_box_head(target_stds):  # the base's heads with 4 classes (lists do
         fc_out_channels=512,
         roi_feat_size=7,
         num_classes=num_classes,
-        norm_cfg=norm_cfg,
+        norm_cfg=_base_.norm_cfg,  # LN2d
         bbox_coder=dict(
             type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.], target_stds=target_stds),
         reg_class_agnostic=True,
@@ -63,7 +62,7 @@ model = dict(
         mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=num_classes)),
     # at most 128 proposals per image into the cascade in training (2000 in the full recipe)
     train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=128)),
-    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=200), rcnn=dict(max_per_img=50)))
+    test_cfg=dict(rpn=dict(max_per_img=200), rcnn=dict(max_per_img=50)))
 del _cascade_box_head  # configs may only hold data
 
 # Synthetic data (classes as mmlocalmamba.datasets.demo_data.COCO_DEMO_CLASSES/_PALETTE).
@@ -133,7 +132,7 @@ param_scheduler = [
 optim_wrapper = dict(
     optimizer=dict(lr=4e-4),
     paramwise_cfg=dict(num_layers=depth, layer_decay_rate=1.0),
-    clip_grad=dict(max_norm=10.0, norm_type=2))
+    clip_grad=dict(max_norm=10.0))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 
 default_hooks = dict(

@@ -79,8 +79,7 @@ val_dataloader = dict(
         data_prefix=dict(img='val/'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json',
-                     metric=['bbox', 'segm'])
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 # Short schedule: 8 epochs of 16 iterations (64 images, batch 4), evaluated at the end;
@@ -94,7 +93,7 @@ param_scheduler = [
 ]
 # From scratch on a tiny dataset: a higher learning rate than the ImageNet-initialised recipe.
 optim_wrapper = dict(optimizer=dict(lr=4e-4), clip_grad=dict(max_norm=10.0, norm_type=2))
-auto_scale_lr = dict(enable=False, base_batch_size=4)
+auto_scale_lr = dict(base_batch_size=4)
 
 default_hooks = dict(
     logger=dict(interval=8),

@@ -9,8 +9,4 @@ _base_ = ['./maskrcnn_localvmamba_t.py']
 
 pretrained = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vssm_small.ckpt'  # noqa: E501
 
-model = dict(
-    backbone=dict(
-        arch='small',
-        drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
+model = dict(backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)))

@@ -13,7 +13,7 @@
 _base_ = ['./upernet_localvmamba_t_ade20k-512.py']
 
 crop_size = (128, 128)
-norm_cfg = dict(type='BN', requires_grad=True)  # single-process CPU run: plain BN
+norm_cfg = dict(type='BN')  # single-process CPU run: plain BN instead of SyncBN
 
 # The same small LocalVMamba as the detection demo (dims 32-256, 1-1-2-1 blocks, SSM width 1x,
 # 8 state dimensions); narrower UperNet heads.
@@ -29,7 +29,6 @@ model = dict(
             directions=[['h', 'h_flip', 'w7', 'w7_flip'], ['v', 'v_flip', 'w2', 'w2_flip'],
                         ['h', 'v_flip', 'w2_flip', 'w7'], ['h_flip', 'v', 'w2', 'w7_flip'],
                         ['h', 'h_flip', 'v', 'v_flip']]),
-        drop_path_rate=0.1,
         init_cfg=None),  # from scratch: no ImageNet weights exist for this size
     decode_head=dict(
         in_channels=[32, 64, 128, 256], channels=128, num_classes=5, norm_cfg=norm_cfg),
@@ -70,21 +69,10 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(
-        **_dataset,
-        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=train_pipeline))
+    dataset=dict(**_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        **_dataset,
-        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+    num_workers=0, persistent_workers=False, dataset=dict(**_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator
 
 # Multi-scale (0.75, 1.0, 1.25 x the image size) x flip test-time augmentation for --tta.
 img_ratios = [0.75, 1.0, 1.25]
@@ -105,7 +93,7 @@ tta_pipeline = [
 
 # Short schedule: 300 iterations of batch 4, evaluated at the end; poly decay after warm-up.
 max_iters = 300
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=50, end=max_iters, by_epoch=False)
@@ -114,5 +102,5 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=6e-4))
 default_hooks = dict(
     logger=dict(interval=25),
-    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
 randomness = dict(seed=0)

@@ -18,7 +18,7 @@
 _base_ = ['./upernet_localvmamba_t_ade20k-512.py']
 
 model = dict(
-    backbone=dict(arch='tiny_search', drop_path_rate=0.1, init_cfg=None),
+    backbone=dict(arch='tiny_search', init_cfg=None),
     decode_head=dict(in_channels=[32, 64, 128, 256]),
     auxiliary_head=dict(in_channels=128))
 

@@ -22,7 +22,7 @@ pretrained = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local
 embed_dim = 384
 
 model = dict(
-    backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
     neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
     decode_head=dict(in_channels=[embed_dim] * 4),
     auxiliary_head=dict(in_channels=embed_dim))

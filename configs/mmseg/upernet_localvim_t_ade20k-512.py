@@ -13,12 +13,12 @@
 # loading, and on the fly for other input sizes (test images are resized to 512 on the short
 # side, e.g. 512x683: 32x43 tokens).
 #
-# Multi-scale + flip evaluation (ratios 0.5 ... 1.75 of the 2048x512 scale, with and without
-# horizontal flip): python tools/test.py THIS_CONFIG CHECKPOINT --tta
+# Multi-scale + flip evaluation (mmseg's ADE20K test-time augmentation, inherited: ratios
+# 0.5 ... 1.75 of the image size, with and without horizontal flip):
+#   python tools/test.py THIS_CONFIG CHECKPOINT --tta
 _base_ = ['mmseg::vit/vit_vit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py']
 
-custom_imports = dict(imports=['mmlocalmamba', 'mmlocalmamba.engine'],
-                      allow_failed_imports=False)
+custom_imports = dict(imports=['mmlocalmamba'], allow_failed_imports=False)
 
 pretrained = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vim_tiny.ckpt'  # noqa: E501
 embed_dim = 192
@@ -33,40 +33,16 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=(4, 9, 14, 19),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(
-        in_channels=[embed_dim] * 4, out_channels=embed_dim, scales=[4, 2, 1, 0.5]),
-    decode_head=dict(in_channels=[embed_dim] * 4, num_classes=150),
-    auxiliary_head=dict(in_channels=embed_dim, num_classes=150))
+    neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
+    decode_head=dict(in_channels=[embed_dim] * 4),
+    auxiliary_head=dict(in_channels=embed_dim))
 
-# mmseg's ViT recipe (no weight decay for pos_embed, cls_token and norms) plus none for the SSM
-# parameters A_log_* and D_* (as in Mamba/Vim).
+# mmseg's ViT recipe (no weight decay for pos_embed, cls_token and norms, inherited) plus none
+# for the SSM parameters A_log_* and D_* (as in Mamba/Vim).
 optim_wrapper = dict(
-    paramwise_cfg=dict(
-        custom_keys={
-            'pos_embed': dict(decay_mult=0.),
-            'cls_token': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.),
-            '.A_log_': dict(decay_mult=0.),
-            '.D_': dict(decay_mult=0.)
-        }))
-
-# Test-time augmentation (used by --tta): mmseg's SegTTAModel averages the predictions over
-# 6 scales x 2 flips.
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_model = dict(type='SegTTAModel')
-tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in img_ratios],
-            [
-                dict(type='RandomFlip', prob=0., direction='horizontal'),
-                dict(type='RandomFlip', prob=1., direction='horizontal')
-            ],
-            [dict(type='LoadAnnotations')],
-            [dict(type='PackSegInputs')],
-        ])
-]
+    paramwise_cfg=dict(custom_keys={
+        '.A_log_': dict(decay_mult=0.),
+        '.D_': dict(decay_mult=0.)
+    }))
 
 custom_hooks = [dict(type='RNGStateHook')]
