@@ -8,6 +8,7 @@ reads (e.g. ``embed_dim``) are exempt unless they equal the base's variable of t
 a ``_delete_=True`` dict is a replacement, so its contents are not compared.
 """
 import ast
+import functools
 import glob
 import os.path as osp
 import subprocess
@@ -29,6 +30,12 @@ CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, 'mm*', '*.py')))
 
 def _name(path):
     return osp.relpath(path, CONFIG_DIR)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(path):
+    """``Config.fromfile(path).to_dict()``, once per file (mmdet/mmseg bases load slowly)."""
+    return Config.fromfile(path).to_dict()
 
 
 def _plain(value):
@@ -70,7 +77,7 @@ def _own_values(path):
             continue
         read |= {n.id for n in ast.walk(node)
                  if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    if bases is None:
+    if bases is None or not body:  # no base, or nothing of its own
         return None, None, None
     base = _merged_bases(path, bases if isinstance(bases, list) else [bases])
     namespace = {'_base_': base}
@@ -130,11 +137,14 @@ def test_config_states_only_what_differs(path):
     assert redundant_values(path) == []
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=_name)
-def test_custom_imports_name_the_package_only(path):
-    """``import mmlocalmamba`` registers every module; the configs import nothing else."""
-    cfg = Config.fromfile(path)
-    assert cfg.custom_imports == dict(imports=['mmlocalmamba'], allow_failed_imports=False)
+def test_custom_imports_name_the_package_only():
+    """``import mmlocalmamba`` registers every module; the configs import nothing else.
+
+    (The old names are checked through their equality with the new ones.)
+    """
+    for path in (p for p in CONFIGS if _name(p) not in RENAMED):
+        assert _resolved(path)['custom_imports'] == dict(
+            imports=['mmlocalmamba'], allow_failed_imports=False), _name(path)
 
 
 def test_import_mmlocalmamba_registers_every_config_type():
@@ -150,3 +160,74 @@ def test_import_mmlocalmamba_registers_every_config_type():
         '    assert HOOKS.get(name) is not None, name\n'
         "assert OPTIM_WRAPPER_CONSTRUCTORS.get('LayerDecayOptimWrapperConstructor')\n")
     subprocess.run([sys.executable, '-c', code], check=True, cwd=tempfile.gettempdir())
+
+
+# Config names before the OpenMMLab naming scheme -> their names now. The old files stay as
+# one-line configs that inherit the new ones, so documented commands keep working.
+RENAMED = {
+    'mmdet/maskrcnn_localvmamba_t.py':
+    'mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py',
+    'mmdet/maskrcnn_localvmamba_s.py':
+    'mmdet/mask-rcnn_localvmamba-s_fpn_1x_coco.py',
+    'mmdet/maskrcnn_localvmamba_t_ms-3x.py':
+    'mmdet/mask-rcnn_localvmamba-t_fpn_ms-crop-3x_coco.py',
+    'mmdet/maskrcnn_localvmamba_s_ms-3x.py':
+    'mmdet/mask-rcnn_localvmamba-s_fpn_ms-crop-3x_coco.py',
+    'mmdet/cascade-maskrcnn_localvim_t_lsj.py':
+    'mmdet/cascade-mask-rcnn_localvim-t_sfp_lsj-100e_coco.py',
+    'mmdet/cascade-maskrcnn_localvim_s_lsj.py':
+    'mmdet/cascade-mask-rcnn_localvim-s_sfp_lsj-100e_coco.py',
+    'mmdet/demo_maskrcnn_localvmamba.py':
+    'mmdet/mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py',
+    'mmdet/demo_cascade-maskrcnn_localvim.py':
+    'mmdet/cascade-mask-rcnn_localvim-demo_sfp_1xb4-lsj-12e_demo-coco.py',
+    'mmdet/search_maskrcnn_localvmamba_t_coco.py':
+    'mmdet/mask-rcnn_localvmamba-t-search_fpn_1x_coco.py',
+    'mmdet/search_maskrcnn_localvmamba_demo.py':
+    'mmdet/mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco.py',
+    'mmseg/upernet_localvmamba_t_ade20k-512.py':
+    'mmseg/upernet_localvmamba-t_8xb2-160k_ade20k-512x512.py',
+    'mmseg/upernet_localvmamba_s_ade20k-512.py':
+    'mmseg/upernet_localvmamba-s_8xb2-160k_ade20k-512x512.py',
+    'mmseg/upernet_localvim_t_ade20k-512.py':
+    'mmseg/upernet_localvim-t_mln_8xb2-160k_ade20k-512x512.py',
+    'mmseg/upernet_localvim_s_ade20k-512.py':
+    'mmseg/upernet_localvim-s_mln_8xb2-160k_ade20k-512x512.py',
+    'mmseg/demo_upernet_localvmamba.py':
+    'mmseg/upernet_localvmamba-demo_1xb4-300iter_demo-ade-128x128.py',
+    'mmseg/search_upernet_localvmamba_t_ade20k.py':
+    'mmseg/upernet_localvmamba-t-search_8xb2-160k_ade20k-512x512.py',
+    'mmseg/search_upernet_localvmamba_demo.py':
+    'mmseg/upernet_localvmamba-demo-search_1xb4-300iter_demo-ade-128x128.py',
+}
+# {algorithm}_{backbone}[_{neck}]_[{gpus}x{batch}-]{schedule}_{dataset}[-{crop}].py
+NAME_SCHEME = (r'^(mask-rcnn|cascade-mask-rcnn|upernet)_(localvmamba|localvim)-(t|s|demo)(-search)?'
+               r'(_(fpn|sfp|mln))?_(\d+xb\d+-)?[a-z0-9-]+_(coco|demo-coco|ade20k-512x512|'
+               r'demo-ade-128x128)\.py$')
+
+
+def test_every_config_is_named_in_the_scheme_or_is_an_old_name():
+    import re
+    names = {_name(p) for p in CONFIGS}
+    assert set(RENAMED) <= names and set(RENAMED.values()) <= names
+    for name in names - set(RENAMED):
+        assert re.match(NAME_SCHEME, osp.basename(name)), name
+
+
+@pytest.mark.parametrize('old', sorted(RENAMED))
+def test_old_config_name_is_one_line_inheriting_the_new_one(old):
+    new = RENAMED[old]
+    with open(osp.join(CONFIG_DIR, old)) as f:
+        assert f.read() == f"_base_ = ['./{osp.basename(new)}']\n"
+    assert Config.fromfile(osp.join(CONFIG_DIR, old)).to_dict() == _resolved(
+        osp.join(CONFIG_DIR, new))
+
+
+def test_ms_crop_3x_shares_the_1x_backbone_and_decay_rules():
+    """The 3x configs change the schedule and pipeline of the 1x ones, nothing of the model."""
+    for size in 'ts':
+        name = osp.join(CONFIG_DIR, 'mmdet', f'mask-rcnn_localvmamba-{size}_fpn_{{}}_coco.py')
+        one, three = (_resolved(name.format(s)) for s in ('1x', 'ms-crop-3x'))
+        assert one['model'] == three['model']
+        assert one['optim_wrapper'] == three['optim_wrapper']
+        assert (one['train_cfg']['max_epochs'], three['train_cfg']['max_epochs']) == (12, 36)

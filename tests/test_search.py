@@ -276,10 +276,14 @@ def test_timm_registry_local_vim():
 # Search runs
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('path,base', [
-    ('mmdet/search_maskrcnn_localvmamba_demo.py', 'mmdet/demo_maskrcnn_localvmamba.py'),
-    ('mmdet/search_maskrcnn_localvmamba_t_coco.py', 'mmdet/maskrcnn_localvmamba_t.py'),
-    ('mmseg/search_upernet_localvmamba_demo.py', 'mmseg/demo_upernet_localvmamba.py'),
-    ('mmseg/search_upernet_localvmamba_t_ade20k.py', 'mmseg/upernet_localvmamba_t_ade20k-512.py')
+    ('mmdet/mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco.py',
+     'mmdet/mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py'),
+    ('mmdet/mask-rcnn_localvmamba-t-search_fpn_1x_coco.py',
+     'mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py'),
+    ('mmseg/upernet_localvmamba-demo-search_1xb4-300iter_demo-ade-128x128.py',
+     'mmseg/upernet_localvmamba-demo_1xb4-300iter_demo-ade-128x128.py'),
+    ('mmseg/upernet_localvmamba-t-search_8xb2-160k_ade20k-512x512.py',
+     'mmseg/upernet_localvmamba-t_8xb2-160k_ade20k-512x512.py'),
 ])
 def test_search_configs(path, base):
     from mmengine.config import Config
@@ -301,8 +305,10 @@ def test_search_configs(path, base):
 
 def test_search_on_demo_detection_data_then_export_and_rebuild(tmp_path):
     pytest.importorskip('mmdet')
-    config = osp.join(ROOT, 'configs', 'mmdet', 'search_maskrcnn_localvmamba_demo.py')
-    if not osp.isfile(osp.join(ROOT, 'configs', 'mmdet', 'demo_maskrcnn_localvmamba.py')):
+    config = osp.join(ROOT, 'configs', 'mmdet',
+                      'mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco.py')
+    if not osp.isfile(osp.join(ROOT, 'configs', 'mmdet',
+                               'mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py')):
         pytest.skip('the demo detection config is not there yet')
     runner_api = pytest.importorskip('mmlocalmamba.apis.runner')
     build_runner, load_config = runner_api.build_runner, runner_api.load_config

@@ -2,7 +2,7 @@
 """Parameters and FLOPs of a LocalMamba model (a preset name or a config's backbone).
 
     python tools/get_flops.py local_vssm_tiny
-    python tools/get_flops.py configs/mmdet/maskrcnn_localvmamba_t.py --shape 800 1344
+    python tools/get_flops.py configs/mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py --shape 800 1344
 
 Selective scans are counted with the 9*B*L*D*N rule of the official code (see
 mmlocalmamba/utils/flops.py); 1 multiply-accumulate = 1 FLOP. For LocalVim models two numbers are

@@ -10,7 +10,8 @@ of every layer by softmax(multi_scan.weights), listed in candidate order, and wr
 
 Examples::
 
-    python tools/search_directions.py work_dirs/search_maskrcnn_localvmamba_demo/epoch_12.pth
+    python tools/search_directions.py \\
+        work_dirs/mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco/epoch_8.pth
     python tools/search_directions.py supernet.pth --topk 4 --out-dir searched/ --name tiny
 """
 import argparse

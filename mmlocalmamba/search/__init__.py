@@ -8,7 +8,7 @@
   imported on use (``from mmlocalmamba.search.trainer import search_classification``).
 
 Searching on detection/segmentation data uses the normal mmdet/mmseg runners with a supernet
-backbone (``directions=None``) and ``ArchWeightsLoggerHook`` (see ``configs/*/search_*.py``).
+backbone (``directions=None``) and ``ArchWeightsLoggerHook`` (see ``configs/*/*-search_*.py``).
 """
 from .arch import (ARCH_PARAM_KEY, arch_candidates, arch_param_names, arch_parameters,
                    arch_paramwise_cfg, arch_probabilities, format_arch_table, layer_label,
