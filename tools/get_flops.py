@@ -11,14 +11,11 @@ analytic VisionMamba.flops(), which counts one of the K per-direction conv1d/x_p
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+import torch
 
-import torch  # noqa: E402
-
-import mmlocalmamba  # noqa: E402,F401
-from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops  # noqa: E402
+import mmlocalmamba  # noqa: F401
+from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops
 
 PRESETS = {
     'local_vssm_tiny': dict(type='LocalVMambaClassifier', arch='tiny'),

@@ -9,13 +9,8 @@ Examples::
 Datasets whose ``meta.json`` already records the same parameters are kept.
 """
 import argparse
-import os.path as osp
-import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.datasets.demo_data import generate_demo_data  # noqa: E402
+from mmlocalmamba.datasets.demo_data import generate_demo_data
 
 
 def parse_args(argv=None):

@@ -16,10 +16,7 @@ import json
 import os.path as osp
 import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.search.trainer import search_classification  # noqa: E402
+from mmlocalmamba.search.trainer import search_classification
 
 
 def parse_args(argv=None):

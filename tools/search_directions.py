@@ -16,12 +16,8 @@ Examples::
 """
 import argparse
 import os.path as osp
-import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.search.export import export_all  # noqa: E402
+from mmlocalmamba.search.export import export_all
 
 
 def parse_args(argv=None):
