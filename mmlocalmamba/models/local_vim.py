@@ -36,6 +36,7 @@ from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.selective_scan import BACKENDS
 from ..ops.vim_scan import local_vim_scan
 from .layers import BiAttn, MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
+from .norms import RMSNorm  # noqa: F401  (nn.RMSNorm on torch < 2.4)
 
 __all__ = ['LocalVim', 'LocalVimClassifier', 'LocalVimMixer', 'LocalVimBlock',
            'LOCAL_VIM_ARCHS']
