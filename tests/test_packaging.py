@@ -109,7 +109,8 @@ def test_installed_wheel_resolves_mmlocalmamba_bases_and_trains_a_step(wheel, tm
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.split('RESULT ', 1)[1])
     assert result['file'].startswith(site)
-    assert result['scripts'] == ['mmlocalmamba-test', 'mmlocalmamba-train']
+    assert result['scripts'] == ['mmlocalmamba-search-cls', 'mmlocalmamba-test',
+                                 'mmlocalmamba-train']
     assert (result['backbone'], result['epochs']) == ('LocalVMamba', 1)
     with open(user / 'work' / 'last_checkpoint') as f:
         assert osp.basename(f.read().strip()) == 'epoch_1.pth'

@@ -2,7 +2,7 @@
 
 Works on any checkpoint whose state dict holds supernet layers (parameters named
 ``...multi_scan.weights``): mmengine detection/segmentation checkpoints (``backbone.`` prefix),
-checkpoints of :func:`mmlocalmamba.search.trainer.search_classification`, official-style
+checkpoints of :func:`mmlocalmamba.apis.search_cls.search_classification`, official-style
 classification checkpoints (``{'model': ...}`` / ``{'state_dict': ...}``) and plain state dicts.
 
 Selection rule (the paper's): per layer, the ``k`` candidates with the largest
