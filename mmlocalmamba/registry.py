@@ -16,6 +16,7 @@ Importing also adds the checkpoint allow-list of :mod:`mmlocalmamba.utils.safe_l
 torch >= 2.6 with mmdet's and mmseg's own tools too (harmless types only; ``weights_only`` stays on).
 """
 from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from timm.models import is_model, register_model
 
 from .engine.arch_weights_hook import ArchWeightsLoggerHook
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
@@ -25,11 +26,27 @@ from .models.compat_vim import MM_LocalVim
 from .models.local_vim import LocalVim, LocalVimClassifier
 from .models.local_vmamba import LocalVMamba, LocalVMambaClassifier
 from .models.necks import LayerNorm2d, SimpleFeaturePyramid
+from .models.timm_models import TIMM_MODELS
 from .utils.safe_load import register_safe_globals
 
 __all__ = ['register_all']
 
-#: (registry, name, class)
+
+class _TimmRegistry:
+    """timm's model registry seen as the (name -> factory) registry the table below expects."""
+
+    @staticmethod
+    def get(name):
+        return TIMM_MODELS[name] if is_model(name) else None
+
+    @staticmethod
+    def register_module(name, module, force=True):
+        register_model(module)
+
+
+TIMM = _TimmRegistry()
+
+#: (registry, name, class or factory): every registered object of the package.
 _ENTRIES = tuple((MODELS, cls.__name__, cls) for cls in (
     LocalVMamba, MM_LocalVSSM, LocalVMambaClassifier, LocalVim, MM_LocalVim, LocalVimClassifier,
     SimpleFeaturePyramid)) + (
@@ -38,7 +55,7 @@ _ENTRIES = tuple((MODELS, cls.__name__, cls) for cls in (
         (HOOKS, 'RNGStateHook', RNGStateHook),
         (OPTIM_WRAPPER_CONSTRUCTORS, 'LayerDecayOptimWrapperConstructor',
          LayerDecayOptimWrapperConstructor),
-    )
+    ) + tuple((TIMM, name, factory) for name, factory in TIMM_MODELS.items())
 
 
 def register_all() -> None:
@@ -48,8 +65,5 @@ def register_all() -> None:
             registry.register_module(name=name, module=cls, force=True)
     register_safe_globals()
 
-
-# The classifiers in timm's model registry (``timm.create_model('local_vssm_tiny')``).
-from .models import timm_models  # noqa: E402,F401
 
 register_all()

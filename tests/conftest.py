@@ -18,6 +18,43 @@ def reference_path(*parts):
     return path
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'gpu: needs CUDA and the Triton kernels (skipped on CPU)')
+    config.addinivalue_line('markers', 'slow: takes more than about a minute on 2 CPU cores')
+
+
+def _gpu_kernels_usable() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    from mmlocalmamba.ops.selective_scan import available_backends
+    return 'triton' in available_backends()
+
+
+#: CUDA with the Triton kernels usable (the GPU tests; they are skipped on CPU machines).
+CUDA = _gpu_kernels_usable()
+_skip_without_gpu = pytest.mark.skipif(not CUDA, reason='needs CUDA and triton')
+
+
+def gpu(test):
+    """Mark ``test`` as a GPU test (marker ``gpu``; skipped without CUDA and triton)."""
+    return pytest.mark.gpu(_skip_without_gpu(test))
+
+#: Marks a test that exercises the kernels on the CPU (skipped where the GPU tests run them).
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason='the GPU tests cover the kernels')
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max|a - b| / max|b|`` in float64 (b is the reference)."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||`` in float64 (b is the reference)."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

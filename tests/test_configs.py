@@ -14,8 +14,8 @@ import torch
 
 from .conftest import reference_path
 
-pytest.importorskip('mmdet')
-pytest.importorskip('mmseg')
+import mmdet  # noqa: F401  (test requirements: the mmdet/mmseg stack)
+import mmseg  # noqa: F401
 
 from mmengine.config import Config, DictAction  # noqa: E402
 

@@ -11,12 +11,8 @@ import torch
 from mmlocalmamba.models import LocalVMamba
 from mmlocalmamba.models.layers import MultiScan
 
-CUDA = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not CUDA, reason='needs CUDA')
+from .conftest import gpu, max_rel
 
-
-def _rel(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
 def _pair(**kwargs):
@@ -41,12 +37,12 @@ def test_fused_backbone_matches_torch_path_fp32(size):
     outs_r, outs_f = ref(xr), fused(xf)
     for o_r, o_f in zip(outs_r, outs_f):
         assert o_f.shape == o_r.shape
-        assert _rel(o_f, o_r) < 1e-4
+        assert max_rel(o_f, o_r) < 1e-4
     weights = [torch.randn_like(o) for o in outs_r]
     sum((o * w).sum() for o, w in zip(outs_r, weights)).backward()
     sum((o * w).sum() for o, w in zip(outs_f, weights)).backward()
-    assert _rel(xf.grad, xr.grad) < 1e-3
-    worst = max(_rel(pf.grad, pr.grad)
+    assert max_rel(xf.grad, xr.grad) < 1e-3
+    worst = max(max_rel(pf.grad, pr.grad)
                 for (name, pr), pf in zip(ref.named_parameters(), fused.parameters())
                 if pr.grad is not None)
     assert worst < 2e-3
@@ -60,13 +56,14 @@ def test_fused_backbone_under_bf16_autocast():
         outs_r, outs_f = ref(x), fused(x)
     for o_r, o_f in zip(outs_r, outs_f):
         assert torch.isfinite(o_f).all()
-        assert _rel(o_f.float(), o_r.float()) < 5e-2
+        assert max_rel(o_f.float(), o_r.float()) < 5e-2
 
 
 @gpu
-def test_merge_norm_fused_flag_routes_to_triton(monkeypatch):
-    """fused=True on CUDA calls the Triton merge; search layers never do."""
-    from mmlocalmamba.ops import triton_merge
+def test_merge_norm_routes_to_triton(monkeypatch):
+    """merge_norm with the Triton backend on CUDA calls the fused merge; search layers and the
+    'torch' backend never do."""
+    from mmlocalmamba.ops.triton import merge as triton_merge
     calls = []
     real = triton_merge.scattn_merge_triton
 
@@ -78,9 +75,10 @@ def test_merge_norm_fused_flag_routes_to_triton(monkeypatch):
     norm = torch.nn.LayerNorm(16).cuda()
     ys = torch.randn(2, 3, 10, 16, device='cuda')
     plain = MultiScan(('h', 'v', 'w2'), 16).cuda()
-    out = plain.merge_norm(ys, norm, fused=True)
+    out = plain.merge_norm(ys, norm, backend='triton')
     assert calls == [1]
-    assert _rel(out, norm(plain.merge(ys))) < 1e-5
+    assert max_rel(out, norm(plain.merge(ys))) < 1e-5
+    plain.merge_norm(ys, norm, backend='torch')
     search = MultiScan(('h', 'v', 'w2'), 16, search=True).cuda()
-    search.merge_norm(ys, norm, fused=True)
+    search.merge_norm(ys, norm, backend='triton')
     assert calls == [1]

@@ -12,7 +12,7 @@ from mmlocalmamba.models.local_vim import LOCAL_VIM_ARCHS
 from mmlocalmamba.ops.pos_embed import resize_grid_embed
 from mmlocalmamba.utils.checkpoint import load_pretrained
 
-from .conftest import reference_path
+from .conftest import max_rel, reference_path
 
 SMALL_DIRS = [['h', 'v_flip', 'w7', 'w7_flip'], ['h_flip', 'v', 'w2', 'w2_flip']]
 
@@ -119,10 +119,6 @@ def _run_golden(model, fixture, x):
     return list(model(x))
 
 
-def _rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 _GOLDENS = {
     'local_vim_backbone': 2,
     'local_vim_cls': 1,
@@ -141,20 +137,20 @@ def test_golden(name):
             outs = _run_golden(model, fixture, case['input'])
         for out, ref in zip(outs, case['outputs'], strict=True):
             assert out.dtype == torch.float32 and out.shape == ref.shape
-            assert _rel(out.double(), ref) <= 1e-4
+            assert max_rel(out.double(), ref) <= 1e-4
     model.double()
     for case in fixture['cases']:
         x = case['input'].double().requires_grad_()
         outs = _run_golden(model, fixture, x)
         for out, ref in zip(outs, case['outputs'], strict=True):
-            assert _rel(out, ref) <= 1e-9
+            assert max_rel(out, ref) <= 1e-9
         loss = sum((o * w.double()).sum() for o, w in zip(outs, case['loss_weights']))
         assert abs(loss.item() - case['loss'].item()) <= 1e-9 * abs(case['loss'].item())
         params = dict(model.named_parameters())
         names = list(case['grads'])
         grads = torch.autograd.grad(loss, [x if n == 'input' else params[n] for n in names])
         for n, grad in zip(names, grads):
-            assert _rel(grad, case['grads'][n]) <= 1e-9, n
+            assert max_rel(grad, case['grads'][n]) <= 1e-9, n
 
 
 def test_golden_backbone_v_reverse_policy():
@@ -164,9 +160,9 @@ def test_golden_backbone_v_reverse_policy():
     square, non_square = fixture['cases']
     with torch.no_grad():
         outs = model(square['input'])
-        assert max(_rel(o.double(), r) for o, r in zip(outs, square['outputs'])) <= 1e-4
+        assert max(max_rel(o.double(), r) for o, r in zip(outs, square['outputs'])) <= 1e-4
         outs = model(non_square['input'])
-        assert max(_rel(o.double(), r) for o, r in zip(outs, non_square['outputs'])) > 1e-2
+        assert max(max_rel(o.double(), r) for o, r in zip(outs, non_square['outputs'])) > 1e-2
 
 
 # --------------------------------------------------------------------------- position embedding

@@ -18,7 +18,6 @@ import torch
 from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.registry import HOOKS
 
 __all__ = ['RNGStateHook', 'get_rng_states', 'set_rng_states']
 
@@ -48,7 +47,6 @@ def set_rng_states(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-@HOOKS.register_module()
 class RNGStateHook(Hook):
     """Keep generator states in checkpoints so that resumed training is reproducible.
 

@@ -12,6 +12,7 @@ configs reproduce the official numbers; pass ``official_v_reverse=False`` to fix
 import warnings
 from typing import Dict, Iterable, Optional
 
+from .base import pretrained_to_init_cfg
 from .local_vmamba import LocalVMamba
 
 __all__ = ['MM_LocalVSSM', 'split_legacy_kwargs', 'legacy_init_cfg', 'warn_v_reverse']
@@ -57,11 +58,7 @@ def legacy_init_cfg(pretrained: Optional[str], init_cfg: Optional[dict], owner: 
             warnings.warn(f'{owner}: not loading init_cfg={init_cfg} (inherited from a Swin '
                           f'config; the official backbone ignores it).')
             init_cfg = None
-    if pretrained:
-        warnings.warn(f'{owner}({arg_name}=...) is deprecated; use '
-                      f'init_cfg=dict(type="Pretrained", checkpoint=...).', DeprecationWarning)
-        init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-    return init_cfg
+    return pretrained_to_init_cfg(pretrained or None, init_cfg, owner, arg_name)
 
 
 def warn_v_reverse(owner: str) -> None:

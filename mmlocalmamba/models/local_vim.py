@@ -26,15 +26,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import MMLogger, print_log
-from mmengine.model import BaseModule
 from timm.layers import DropPath, trunc_normal_
 
 from ..ops.pos_embed import apply_rope, grid_side, resize_grid_embed, resize_pos_embed, rope_tables
 from ..ops.scan_orders import ALL_DIRECTIONS
-from ..ops.selective_scan import BACKENDS
 from ..ops.vim_scan import local_vim_scan
+from .base import LocalMambaBackbone, ScanLayer, check_backend, check_out_indices, resolve_arch
 from .layers import BiAttn, MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 from .norms import RMSNorm  # noqa: F401  (nn.RMSNorm on torch < 2.4)
 
@@ -89,28 +87,11 @@ _DEFAULT_DIRECTIONS = ['h', 'h_flip', 'v', 'v_flip']
 
 def resolve_vim_arch(arch: Union[str, dict]) -> dict:
     """Preset name or dict -> complete arch dict (see :class:`LocalVim`)."""
-    if isinstance(arch, str):
-        if arch not in LOCAL_VIM_ARCHS:
-            raise ValueError(f'Unknown LocalVim arch {arch!r}; valid presets: '
-                             f'{sorted(LOCAL_VIM_ARCHS)} or a dict with keys {sorted(_ARCH_KEYS)}.')
-        arch = dict(LOCAL_VIM_ARCHS[arch])
-    elif isinstance(arch, dict):
-        unknown = set(arch) - _ARCH_KEYS
-        if unknown:
-            raise ValueError(f'Unknown LocalVim arch keys {sorted(unknown)}; valid keys: '
-                             f'{sorted(_ARCH_KEYS)}.')
-        if 'embed_dim' not in arch or 'depth' not in arch:
-            raise ValueError(f'A custom LocalVim arch needs "embed_dim" and "depth", got {arch}.')
-        arch = dict(arch)
-        if 'directions' not in arch:
-            arch['directions'] = [_DEFAULT_DIRECTIONS] * arch['depth']
-    else:
-        raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}.')
+    arch = resolve_arch(arch, LOCAL_VIM_ARCHS, _ARCH_KEYS, ('embed_dim', 'depth'), 'LocalVim')
+    if 'directions' not in arch:
+        arch['directions'] = [_DEFAULT_DIRECTIONS] * arch['depth']
     for key, value in _ARCH_DEFAULTS.items():
         arch.setdefault(key, value)
-    if arch.get('candidates') is not None and arch['directions'] is not None:
-        raise ValueError('arch "candidates" only applies to a search supernet (directions=None); '
-                         'remove it or set directions=None.')
     arch['candidates'] = tuple(arch.get('candidates') or ALL_DIRECTIONS)
     if arch['middle_cls_token'] and arch['if_rope']:
         raise ValueError('LocalVim cannot combine rotary embedding (if_rope=True) with the middle '
@@ -122,7 +103,7 @@ def resolve_vim_arch(arch: Union[str, dict]) -> dict:
     return arch
 
 
-class LocalVimMixer(nn.Module):
+class LocalVimMixer(ScanLayer):
     """Multi-direction Mamba mixer of a LocalVim layer (official ``MultiMamba``, bimamba v2).
 
     Args:
@@ -292,7 +273,7 @@ def _to_2tuple(value, name: str) -> Tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-class LocalVim(BaseModule):
+class LocalVim(LocalMambaBackbone):
     """LocalVim backbone: plain Vision Mamba with local multi-direction scans.
 
     Args:
@@ -348,16 +329,9 @@ class LocalVim(BaseModule):
                  scan_backend: str = 'auto',
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('Give either init_cfg or the deprecated pretrained, not both.')
-            warnings.warn(f'{type(self).__name__}(pretrained=...) is deprecated; use '
-                          'init_cfg=dict(type="Pretrained", checkpoint=...).', DeprecationWarning)
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        super().__init__(init_cfg=init_cfg)
-        if scan_backend not in BACKENDS:
-            raise ValueError(f'Unknown scan_backend {scan_backend!r}; valid: {BACKENDS}.')
         arch = resolve_vim_arch(arch)
+        super().__init__(frozen_stages, arch['depth'], norm_eval, with_cp, pretrained, init_cfg)
+        check_backend(scan_backend)
         self.arch = arch
         dim, depth = arch['embed_dim'], arch['depth']
         self.embed_dim = self.num_features = dim
@@ -366,11 +340,6 @@ class LocalVim(BaseModule):
         self.img_size = _to_2tuple(img_size, 'img_size')
         self.grid_size = tuple(-(-s // patch_size) for s in self.img_size)
         self.out_indices = self._check_out_indices(out_indices, depth)
-        if not -1 <= frozen_stages <= depth:
-            raise ValueError(f'frozen_stages must be in [-1, {depth}], got {frozen_stages}.')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
         self.official_v_reverse = official_v_reverse
         self.middle_cls_token = arch['middle_cls_token']
         self.if_rope_residual = arch['if_rope'] and arch['if_rope_residual']
@@ -417,16 +386,7 @@ class LocalVim(BaseModule):
     # ----------------------------------------------------------------- construction helpers
     @staticmethod
     def _check_out_indices(out_indices, depth: int) -> List[int]:
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        resolved = []
-        for i in indices:
-            if not -depth <= i < depth:
-                raise ValueError(f'out_indices {indices} must be within [-{depth}, {depth}) for '
-                                 f'depth {depth}.')
-            resolved.append(i % depth)
-        if resolved != sorted(set(resolved)):
-            raise ValueError(f'out_indices must be increasing without repeats, got {indices}.')
-        return resolved
+        return check_out_indices(out_indices, depth, 'layers', allow_negative=True)
 
     def _build_head(self) -> None:
         """Modules registered before ``layers`` (classifier head)."""
@@ -457,59 +417,22 @@ class LocalVim(BaseModule):
                     nn.init.zeros_(m.bias)
 
     # ----------------------------------------------------------------- mmengine plumbing
-    @property
-    def scan_backend(self) -> str:
-        return self.layers[0].mixer.scan_backend
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch the selective-scan backend of every layer."""
-        if backend not in BACKENDS:
-            raise ValueError(f'Unknown scan_backend {backend!r}; valid: {BACKENDS}.')
-        for layer in self.layers:
-            layer.mixer.scan_backend = backend
-
     def no_weight_decay(self) -> set:
         """Names of parameters that should not be weight-decayed."""
         names = {'pos_embed', 'cls_token'}
         names.update(n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', 0))
         return names
 
-    def init_weights(self) -> None:
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            from ..utils.checkpoint import load_pretrained
-            logger = MMLogger.get_current_instance()
-            load_pretrained(self, self.init_cfg['checkpoint'],
-                            prefix=self.init_cfg.get('prefix'), logger=logger,
-                            map_location=self.init_cfg.get('map_location', 'cpu'))
-            self._is_init = True
-            return
-        super().init_weights()
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages >= 0:
-            self.patch_embed.eval()
-            params = list(self.patch_embed.parameters())
-            params += [p for p in (self.pos_embed, getattr(self, 'cls_token', None))
-                       if p is not None]
-            for p in params:
-                p.requires_grad = False
-        for i in range(max(self.frozen_stages, 0)):
-            modules = [self.layers[i]]
+    def _frozen_parts(self):
+        if self.frozen_stages < 0:
+            return [], []
+        params = [p for p in (self.pos_embed, getattr(self, 'cls_token', None)) if p is not None]
+        modules = [self.patch_embed]
+        for i in range(self.frozen_stages):
+            modules.append(self.layers[i])
             if i in self.out_indices:
                 modules.append(getattr(self, f'outnorm_{self.out_indices.index(i)}'))
-            for m in modules:
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        return modules, params
 
     # ----------------------------------------------------------------- checkpoint loading
     def convert_pretrained_state(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -616,9 +539,7 @@ class LocalVim(BaseModule):
         return self.pos_drop(x), hw, cls_pos
 
     def _run_layer(self, layer, hidden, residual, hw, cls_pos):
-        if self.with_cp and hidden.requires_grad:
-            return cp.checkpoint(layer, hidden, residual, hw, cls_pos, use_reentrant=False)
-        return layer(hidden, residual, hw, cls_pos)
+        return self._checkpointed(layer, hidden, residual, hw, cls_pos)
 
     def forward_tokens(self, x: torch.Tensor, out_indices: Sequence[int] = ()):
         """Run the embedding and all layers.

@@ -5,21 +5,17 @@ so the published checkpoints load unchanged (see ``../shared/reference/README.md
 for the exact semantics reproduced here).
 """
 import math
-import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
-from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 from timm.layers import DropPath, trunc_normal_
 
 from ..ops.local_scan import local_selective_scan
 from ..ops.scan_orders import ALL_DIRECTIONS
-from ..ops.selective_scan import BACKENDS, resolve_backend
+from .base import LocalMambaBackbone, ScanLayer, check_backend, check_out_indices, resolve_arch
 from .layers import MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 
 __all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'SS2D', 'VSSBlock', 'PatchMerging2D',
@@ -65,22 +61,7 @@ _ARCH_KEYS = {'dims', 'depths', 'directions', 'candidates', 'd_state', 'ssm_rati
 
 
 def _resolve_arch(arch: Union[str, dict]) -> dict:
-    if isinstance(arch, str):
-        if arch not in LOCAL_VMAMBA_ARCHS:
-            raise ValueError(f'Unknown LocalVMamba arch {arch!r}; valid presets: '
-                             f'{sorted(LOCAL_VMAMBA_ARCHS)} or a dict with keys '
-                             f'{sorted(_ARCH_KEYS)}.')
-        arch = dict(LOCAL_VMAMBA_ARCHS[arch])
-    elif isinstance(arch, dict):
-        unknown = set(arch) - _ARCH_KEYS
-        if unknown:
-            raise ValueError(f'Unknown LocalVMamba arch keys {sorted(unknown)}; valid keys: '
-                             f'{sorted(_ARCH_KEYS)}.')
-        if 'depths' not in arch or 'dims' not in arch:
-            raise ValueError(f'A custom LocalVMamba arch needs "dims" and "depths", got {arch}.')
-        arch = dict(arch)
-    else:
-        raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}.')
+    arch = resolve_arch(arch, LOCAL_VMAMBA_ARCHS, _ARCH_KEYS, ('dims', 'depths'), 'LocalVMamba')
     dims = arch['dims']
     if isinstance(dims, int):
         dims = [dims * 2**i for i in range(len(arch['depths']))]
@@ -91,9 +72,6 @@ def _resolve_arch(arch: Union[str, dict]) -> dict:
     arch['depths'] = list(arch['depths'])
     if 'directions' not in arch:
         arch['directions'] = [_DEFAULT_DIRECTIONS] * sum(arch['depths'])
-    if arch.get('candidates') is not None and arch['directions'] is not None:
-        raise ValueError('arch "candidates" only applies to a search supernet (directions=None); '
-                         'remove it or set directions=None.')
     arch['candidates'] = tuple(arch.get('candidates') or ALL_DIRECTIONS)
     arch.setdefault('d_state', 16)
     arch.setdefault('ssm_ratio', 2.0)
@@ -101,7 +79,7 @@ def _resolve_arch(arch: Union[str, dict]) -> dict:
     return arch
 
 
-class SS2D(nn.Module):
+class SS2D(ScanLayer):
     """2-D selective scan over K local directions (the token mixer of a VSS block).
 
     Args:
@@ -172,8 +150,7 @@ class SS2D(nn.Module):
         ys = local_selective_scan(x, self.x_proj_weight, self.dt_projs_weight,
                                   self.dt_projs_bias, self.A_logs, self.Ds, self.directions,
                                   self.official_v_reverse, self.scan_backend)  # (B, K, HW, Di)
-        fused = resolve_backend(self.scan_backend, ys.device) == 'triton'
-        y = self.multi_scan.merge_norm(ys, self.out_norm, fused=fused)
+        y = self.multi_scan.merge_norm(ys, self.out_norm, backend=self.scan_backend)
         y = y.view(batch, height, width, -1).to(x.dtype)
         return self.out_proj(y * z)
 
@@ -222,7 +199,7 @@ class _Permute(nn.Module):
         return x.permute(*self.dims)
 
 
-class LocalVMamba(BaseModule):
+class LocalVMamba(LocalMambaBackbone):
     """LocalVMamba backbone (hierarchical, 4 stages).
 
     Args:
@@ -268,31 +245,16 @@ class LocalVMamba(BaseModule):
                  scan_backend: str = 'auto',
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('Give either init_cfg or the deprecated pretrained, not both.')
-            warnings.warn('LocalVMamba(pretrained=...) is deprecated; use '
-                          'init_cfg=dict(type="Pretrained", checkpoint=...).', DeprecationWarning)
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        super().__init__(init_cfg=init_cfg)
-        if scan_backend not in BACKENDS:
-            raise ValueError(f'Unknown scan_backend {scan_backend!r}; valid: {BACKENDS}.')
         arch = _resolve_arch(arch)
+        super().__init__(frozen_stages, len(arch['depths']), norm_eval, with_cp, pretrained,
+                         init_cfg)
+        check_backend(scan_backend)
         self.arch = arch
         dims, depths = arch['dims'], arch['depths']
         num_stages = len(depths)
         self.dims, self.depths, self.num_stages = dims, depths, num_stages
         self.num_features = dims[-1]
-        out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        for i in out_indices:
-            if not 0 <= i < num_stages:
-                raise ValueError(f'out_indices {out_indices} must be within [0, {num_stages}).')
-        self.out_indices = out_indices
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], got {frozen_stages}.')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        self.out_indices = check_out_indices(out_indices, num_stages, 'stages')
         self.official_v_reverse = official_v_reverse
 
         directions, search = resolve_directions(arch['directions'], sum(depths),
@@ -325,7 +287,7 @@ class LocalVMamba(BaseModule):
                 PatchMerging2D(dims[i], dims[i + 1]) if i < num_stages - 1 else nn.Identity())
             self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=downsample)))
 
-        for i in out_indices:
+        for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
 
         self.apply(self._init_linear_and_norm)
@@ -341,58 +303,17 @@ class LocalVMamba(BaseModule):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    @property
-    def scan_backend(self) -> str:
-        return self.layers[0].blocks[0].op.scan_backend
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch the selective-scan backend of every layer."""
-        if backend not in BACKENDS:
-            raise ValueError(f'Unknown scan_backend {backend!r}; valid: {BACKENDS}.')
-        for m in self.modules():
-            if isinstance(m, SS2D):
-                m.scan_backend = backend
-
-    def init_weights(self) -> None:
-        if (isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'):
-            from ..utils.checkpoint import load_pretrained
-            logger = MMLogger.get_current_instance()
-            load_pretrained(self, self.init_cfg['checkpoint'],
-                            prefix=self.init_cfg.get('prefix'), logger=logger,
-                            map_location=self.init_cfg.get('map_location', 'cpu'))
-            self._is_init = True
-            return
-        super().init_weights()
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages >= 0:
-            self.patch_embed.eval()
-            for p in self.patch_embed.parameters():
-                p.requires_grad = False
+    def _frozen_parts(self):
+        modules = [self.patch_embed] if self.frozen_stages >= 0 else []
         for i in range(self.frozen_stages):
-            modules = [self.layers[i]]
+            modules.append(self.layers[i])
             if i in self.out_indices:
                 modules.append(getattr(self, f'outnorm{i}'))
-            for m in modules:
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        return modules, []
 
     def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         for block in blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = self._checkpointed(block, x)
         return x
 
     def forward_stages(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:

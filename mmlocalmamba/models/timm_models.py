@@ -26,7 +26,6 @@ from typing import Callable, Dict
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import register_model
 
 from ..utils.safe_load import register_safe_globals
 from .local_vmamba import LocalVMambaClassifier
@@ -35,7 +34,7 @@ __all__ = ['PretrainedWeightsError', 'TIMM_MODELS', 'default_cfgs']
 
 #: timm-style "has no weights" configs (the ``pretrained_cfg`` of the models).
 default_cfgs: Dict[str, dict] = {}
-#: Registered names -> factory functions.
+#: timm names -> factory functions (registered with timm by :mod:`mmlocalmamba.registry`).
 TIMM_MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
 _TIMM_ONLY_KEYS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir')
@@ -87,7 +86,7 @@ def _register(name: str, cls, defaults: dict, **cfg) -> None:
     factory.__module__ = __name__
     factory.__doc__ = f'``{name}``: {cls.__name__}({defaults}); pretrained=False only.'
     globals()[name] = factory
-    TIMM_MODELS[name] = register_model(factory)
+    TIMM_MODELS[name] = factory
 
 
 _register('local_vssm_tiny', LocalVMambaClassifier, dict(arch='tiny', drop_path_rate=0.2))

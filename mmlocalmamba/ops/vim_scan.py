@@ -12,48 +12,19 @@ for the middle-class-token variant, the class token inserted at index ``cls_pos`
 (padded) sequence. Directions of different lengths are end-padded with zeros to a common
 length and scanned together; as conv and scan are causal, end padding changes nothing.
 """
-from functools import lru_cache
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .scan_orders import gather_index, inverse_index
+from .custom_ops import (HAS_CUSTOM_OPS, autocast_dtype, grads_like, recompute_grads,
+                         use_custom_ops)
+from .scan_orders import (direction_code, direction_name, stacked_gather_index,
+                          stacked_inverse_index)
 from .selective_scan import selective_scan
 
 __all__ = ['vim_gather_index', 'vim_inverse_index', 'vim_multi_scan', 'vim_multi_reverse',
            'local_vim_scan']
-
-
-@lru_cache(maxsize=512)
-def _vim_tables(height: int, width: int, directions: Tuple[str, ...], cls_pos: Optional[int],
-                official_v_reverse: bool, device: torch.device):
-    num = height * width
-    pad_token, cls_token = num, num + 1
-    gathers, inverses = [], []
-    for d in directions:
-        gather = gather_index(height, width, d)
-        inverse = inverse_index(height, width, d, official_v_reverse)
-        if cls_pos is not None:
-            gather = torch.cat([gather[:cls_pos], gather.new_tensor([cls_token]),
-                                gather[cls_pos:]])
-            inverse = inverse + (inverse >= cls_pos).long()
-            inverse = torch.cat([inverse[:cls_pos], inverse.new_tensor([cls_pos]),
-                                 inverse[cls_pos:]])
-        gathers.append(gather)
-        inverses.append(inverse)
-    length = max(g.numel() for g in gathers)
-    gather = torch.full((len(directions), length), pad_token, dtype=torch.long)
-    for k, g in enumerate(gathers):
-        gather[k, :g.numel()] = g
-    inverse = torch.stack([inv + k * length for k, inv in enumerate(inverses)])
-    return gather.to(device), inverse.to(device)
-
-
-def _check_cls_pos(height: int, width: int, cls_pos: Optional[int]) -> None:
-    if cls_pos is not None and not 0 <= cls_pos <= height * width:
-        raise ValueError(f'cls_pos must be in [0, {height * width}] for a {height}x{width} grid, '
-                         f'got {cls_pos}.')
 
 
 def vim_gather_index(height: int, width: int, directions: Sequence[str],
@@ -61,8 +32,7 @@ def vim_gather_index(height: int, width: int, directions: Sequence[str],
                      device: torch.device = torch.device('cpu')) -> torch.Tensor:
     """Stacked scan tables ``(K, L)`` into a token table of ``H*W`` grid tokens, then one zero
     padding token (index ``H*W``) and the class token (index ``H*W + 1``)."""
-    _check_cls_pos(height, width, cls_pos)
-    return _vim_tables(height, width, tuple(directions), cls_pos, False, torch.device(device))[0]
+    return stacked_gather_index(height, width, directions, device, cls_pos)
 
 
 def vim_inverse_index(height: int, width: int, directions: Sequence[str],
@@ -70,9 +40,7 @@ def vim_inverse_index(height: int, width: int, directions: Sequence[str],
                       device: torch.device = torch.device('cpu')) -> torch.Tensor:
     """Stacked reverse tables ``(K, T)`` into the flattened ``(K * L)`` sequences, with
     ``T = H*W`` (+1 with a class token, which comes back at ``cls_pos``)."""
-    _check_cls_pos(height, width, cls_pos)
-    return _vim_tables(height, width, tuple(directions), cls_pos, bool(official_v_reverse),
-                       torch.device(device))[1]
+    return stacked_inverse_index(height, width, directions, official_v_reverse, device, cls_pos)
 
 
 def vim_multi_scan(tokens: torch.Tensor, height: int, width: int, directions: Sequence[str],
@@ -99,7 +67,7 @@ def vim_multi_scan(tokens: torch.Tensor, height: int, width: int, directions: Se
                            tokens[..., cls_pos:cls_pos + 1]], dim=-1)
     index = vim_gather_index(height, width, directions, cls_pos, tokens.device)
     seqs = table.index_select(-1, index.flatten())
-    return seqs.view(batch, channels, len(directions), -1).transpose(1, 2)
+    return seqs.view(batch, channels, len(directions), index.shape[1]).transpose(1, 2)
 
 
 def vim_multi_reverse(seqs: torch.Tensor, height: int, width: int, directions: Sequence[str],
@@ -111,7 +79,7 @@ def vim_multi_reverse(seqs: torch.Tensor, height: int, width: int, directions: S
                               seqs.device)
     flat = seqs.transpose(1, 2).reshape(batch, channels, num_dirs * length)
     out = flat.index_select(-1, index.flatten())
-    return out.view(batch, channels, num_dirs, -1).transpose(1, 2)
+    return out.view(batch, channels, num_dirs, index.shape[1]).transpose(1, 2)
 
 
 def local_vim_scan(xz: torch.Tensor,
@@ -149,7 +117,23 @@ def local_vim_scan(xz: torch.Tensor,
 
     Returns:
         (B, K, T, Di) gated scan outputs, row-major tokens, in the dtype of ``xz``.
+
+    Under ``torch.compile`` / ``torch.jit.trace`` the call goes through the custom operator
+    ``torch.ops.mmlocalmamba.vim_scan`` (same values).
     """
+    if use_custom_ops():
+        return torch.ops.mmlocalmamba.vim_scan(
+            xz, height, width, [direction_code(d) for d in directions], conv_weight, conv_bias,
+            x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cls_pos,
+            bool(official_v_reverse), backend, autocast_dtype(xz.device))
+    return _vim_scan_eager(xz, height, width, directions, conv_weight, conv_bias, x_proj_weight,
+                           dt_proj_weight, dt_proj_bias, A_log, D, cls_pos, official_v_reverse,
+                           backend)
+
+
+def _vim_scan_eager(xz, height, width, directions, conv_weight, conv_bias, x_proj_weight,
+                    dt_proj_weight, dt_proj_bias, A_log, D, cls_pos, official_v_reverse,
+                    backend):
     batch = xz.shape[0]
     num_dirs, d_inner, d_conv = conv_weight.shape
     rank = dt_proj_weight.shape[-1]
@@ -179,3 +163,91 @@ def local_vim_scan(xz: torch.Tensor,
     y = y.view(batch, num_dirs, d_inner, length) * F.silu(z)
     y = vim_multi_reverse(y, height, width, directions, cls_pos, official_v_reverse)
     return y.transpose(2, 3)
+
+
+# ----------------------------------------------------------------------------- custom operator
+_TENSOR_ARGS = ('xz', 'conv_weight', 'conv_bias', 'x_proj_weight', 'dt_proj_weight',
+                'dt_proj_bias', 'A_log', 'D')
+
+
+def _vim_op_call(tensors, height, width, codes, cls_pos, official_v_reverse, backend,
+                 amp_dtype):
+    """The eager scan under the caller's autocast state (``amp_dtype``), the output in
+    ``amp_dtype or xz.dtype``."""
+    xz, conv_w, conv_b, xpw, dtw, dtb, a_log, d_skip = tensors
+    directions = [direction_name(c) for c in codes]
+    with torch.autocast(xz.device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        y = _vim_scan_eager(xz, height, width, directions, conv_w, conv_b, xpw, dtw, dtb, a_log,
+                            d_skip, cls_pos, official_v_reverse, backend)
+    return y.to(amp_dtype or xz.dtype)
+
+
+if HAS_CUSTOM_OPS:
+
+    @torch.library.custom_op('mmlocalmamba::vim_scan', mutates_args=())
+    def _vim_op(xz: torch.Tensor, height: int, width: int, codes: List[int],
+                conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+                x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor,
+                dt_proj_bias: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
+                cls_pos: Optional[int], official_v_reverse: bool, backend: str,
+                amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
+        """:func:`local_vim_scan` as an operator (directions as ``direction_code`` integers;
+        ``amp_dtype``: the caller's autocast dtype)."""
+        tensors = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                   A_log, D)
+        return _vim_op_call(tensors, height, width, codes, cls_pos, official_v_reverse,
+                            backend, amp_dtype).contiguous()
+
+    @_vim_op.register_fake
+    def _(xz, height, width, codes, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+          dt_proj_bias, A_log, D, cls_pos, official_v_reverse, backend, amp_dtype):
+        tokens = height * width + (cls_pos is not None)
+        return xz.new_empty((xz.shape[0], len(codes), tokens, conv_weight.shape[1]),
+                            dtype=amp_dtype or xz.dtype)
+
+    @torch.library.custom_op('mmlocalmamba::vim_scan_backward', mutates_args=())
+    def _vim_backward_op(dy: torch.Tensor, xz: torch.Tensor, height: int, width: int,
+                         codes: List[int], conv_weight: torch.Tensor,
+                         conv_bias: Optional[torch.Tensor], x_proj_weight: torch.Tensor,
+                         dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor,
+                         A_log: torch.Tensor, D: torch.Tensor, cls_pos: Optional[int],
+                         official_v_reverse: bool, backend: str,
+                         amp_dtype: Optional[torch.dtype]) -> List[torch.Tensor]:
+        """Gradients of ``mmlocalmamba::vim_scan`` w.r.t. its tensor inputs (zeros for an
+        absent conv bias)."""
+        tensors = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                   A_log, D)
+        grads = recompute_grads(
+            lambda *t: _vim_op_call(t, height, width, codes, cls_pos, official_v_reverse,
+                                    backend, amp_dtype), tensors, dy)
+        present = [t if t is not None else conv_weight.new_zeros(0) for t in tensors]
+        return grads_like(grads, present)
+
+    @_vim_backward_op.register_fake
+    def _(dy, xz, height, width, codes, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+          dt_proj_bias, A_log, D, cls_pos, official_v_reverse, backend, amp_dtype):
+        tensors = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                   A_log, D)
+        return [torch.empty_like(t) if t is not None else conv_weight.new_empty(0)
+                for t in tensors]
+
+    def _setup_context(ctx, inputs, output):
+        (xz, height, width, codes, conv_w, conv_b, xpw, dtw, dtb, a_log, d_skip, cls_pos,
+         official_v_reverse, backend, amp_dtype) = inputs
+        ctx.save_for_backward(xz, conv_w, xpw, dtw, dtb, a_log, d_skip,
+                              *(() if conv_b is None else (conv_b, )))
+        ctx.args = (height, width, codes, cls_pos, official_v_reverse, backend, amp_dtype)
+        ctx.has_bias = conv_b is not None
+
+    def _backward(ctx, dy):
+        xz, conv_w, xpw, dtw, dtb, a_log, d_skip, *bias = ctx.saved_tensors
+        height, width, codes, cls_pos, official_v_reverse, backend, amp_dtype = ctx.args
+        grads = torch.ops.mmlocalmamba.vim_scan_backward(
+            dy, xz, height, width, codes, conv_w, bias[0] if bias else None, xpw, dtw, dtb,
+            a_log, d_skip, cls_pos, official_v_reverse, backend, amp_dtype)
+        dxz, dconv_w, dconv_b, dxpw, ddtw, ddtb, da, dd = grads
+        return (dxz, None, None, None, dconv_w, dconv_b if ctx.has_bias else None, dxpw, ddtw,
+                ddtb, da, dd, None, None, None, None)
+
+    _vim_op.register_autograd(_backward, setup_context=_setup_context)
