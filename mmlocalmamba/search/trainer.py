@@ -191,7 +191,8 @@ class ArchHistoryHook(Hook):
         model = getattr(runner.model, 'module', runner.model)
         probs = arch_probabilities(model)
         entropy = sum(normalized_entropy(p) for p in probs.values()) / max(1, len(probs))
-        loss = float(outputs['loss']) if outputs and 'loss' in outputs else float('nan')
+        loss = outputs.get('loss', float('nan')) if outputs else float('nan')
+        loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         self.history.append(dict(iter=step, loss=loss, arch_entropy=entropy,
                                  probs={k: v.tolist() for k, v in probs.items()}))
 
