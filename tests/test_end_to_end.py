@@ -21,8 +21,10 @@ import mmdet  # noqa: F401  (test requirements: the mmdet/mmseg stack)
 import mmseg  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DET_DEMO = osp.join(ROOT, 'configs', 'mmdet', 'demo_maskrcnn_localvmamba.py')
-SEG_DEMO = osp.join(ROOT, 'configs', 'mmseg', 'demo_upernet_localvmamba.py')
+DET_DEMO = osp.join(ROOT, 'configs', 'mmdet',
+                    'mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py')
+SEG_DEMO = osp.join(ROOT, 'configs', 'mmseg',
+                    'upernet_localvmamba-demo_1xb4-300iter_demo-ade-128x128.py')
 
 TINY_BACKBONE = """dict(
         arch=dict(_delete_=True, dims=16, depths=[1, 1, 1, 1], d_state=4, ssm_ratio=1.0,

@@ -2,7 +2,7 @@
 """Parameters and FLOPs of a LocalMamba model (a preset name or a config's backbone).
 
     python tools/get_flops.py local_vssm_tiny
-    python tools/get_flops.py configs/mmdet/maskrcnn_localvmamba_t.py --shape 800 1344
+    python tools/get_flops.py configs/mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py --shape 800 1344
 
 Selective scans are counted with the 9*B*L*D*N rule of the official code (see
 mmlocalmamba/utils/flops.py); 1 multiply-accumulate = 1 FLOP. For LocalVim models two numbers are
@@ -11,14 +11,11 @@ analytic VisionMamba.flops(), which counts one of the K per-direction conv1d/x_p
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+import torch
 
-import torch  # noqa: E402
-
-import mmlocalmamba  # noqa: E402,F401
-from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops  # noqa: E402
+import mmlocalmamba  # noqa: F401
+from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops
 
 PRESETS = {
     'local_vssm_tiny': dict(type='LocalVMambaClassifier', arch='tiny'),

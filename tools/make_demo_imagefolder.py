@@ -8,13 +8,8 @@ For trying the classification direction search (tools/search_cls.py) without Ima
 """
 import argparse
 import json
-import os.path as osp
-import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.search.imagefolder import coco_to_imagefolder  # noqa: E402
+from mmlocalmamba.search.imagefolder import coco_to_imagefolder
 
 
 def main(argv=None):

@@ -10,17 +10,14 @@ of every layer by softmax(multi_scan.weights), listed in candidate order, and wr
 
 Examples::
 
-    python tools/search_directions.py work_dirs/search_maskrcnn_localvmamba_demo/epoch_12.pth
+    python tools/search_directions.py \\
+        work_dirs/mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco/epoch_8.pth
     python tools/search_directions.py supernet.pth --topk 4 --out-dir searched/ --name tiny
 """
 import argparse
 import os.path as osp
-import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.search.export import export_all  # noqa: E402
+from mmlocalmamba.search.export import export_all
 
 
 def parse_args(argv=None):

@@ -34,6 +34,7 @@ from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.vim_scan import local_vim_scan
 from .base import LocalMambaBackbone, ScanLayer, check_backend, check_out_indices, resolve_arch
 from .layers import BiAttn, MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
+from .norms import RMSNorm  # noqa: F401  (nn.RMSNorm on torch < 2.4)
 
 __all__ = ['LocalVim', 'LocalVimClassifier', 'LocalVimMixer', 'LocalVimBlock',
            'LOCAL_VIM_ARCHS']

@@ -6,7 +6,7 @@ the device's triton version (3.6.0 on the H100 machines) for register counts tha
 
     pip download --no-deps -d /tmp/tri triton==3.6.0 && \
         pip install --no-deps --target /tmp/tri36 /tmp/tri/triton-3.6.0-*.whl
-    PYTHONPATH=/tmp/tri36 python tools/scan_sass_report.py --stage 1 [--dump work_dirs/sass]
+    PYTHONPATH=/tmp/tri36 python tools/dev/scan_sass_report.py --stage 1 [--dump work_dirs/sass]
 
 Other launch configurations: ``--config "ScanConfig(...)"`` (mmlocalmamba/ops/triton/config.py).
 """
