@@ -20,6 +20,8 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmlocalmamba.search.trainer import search_classification  # noqa: E402
+from mmlocalmamba.utils.cli import non_negative_float, non_negative_int  # noqa: E402
+from mmlocalmamba.utils.cli import positive_float, positive_int  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -32,20 +34,21 @@ def parse_args(argv=None):
     p.add_argument('--model-kwargs', type=json.loads, default=None,
                    help='JSON object of extra model arguments, e.g. \'{"drop_path_rate": 0.1}\'')
     p.add_argument('--work-dir', default='work_dirs/search_cls')
-    p.add_argument('--epochs', type=int, default=100)
-    p.add_argument('--max-iters', type=int, default=None, help='stop after this many iterations')
-    p.add_argument('--batch-size', type=int, default=128)
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--lr', type=float, default=1e-3)
-    p.add_argument('--weight-decay', type=float, default=0.05)
-    p.add_argument('--arch-lr-mult', type=float, default=1.0,
+    p.add_argument('--epochs', type=positive_int, default=100)
+    p.add_argument('--max-iters', type=positive_int, default=None,
+                   help='stop after this many iterations')
+    p.add_argument('--batch-size', type=positive_int, default=128)
+    p.add_argument('--img-size', type=positive_int, default=224)
+    p.add_argument('--lr', type=positive_float, default=1e-3)
+    p.add_argument('--weight-decay', type=non_negative_float, default=0.05)
+    p.add_argument('--arch-lr-mult', type=non_negative_float, default=1.0,
                    help='learning-rate multiplier of the architecture weights (no weight decay)')
-    p.add_argument('--warmup-iters', type=int, default=0)
-    p.add_argument('--num-workers', type=int, default=4)
+    p.add_argument('--warmup-iters', type=non_negative_int, default=0)
+    p.add_argument('--num-workers', type=non_negative_int, default=4)
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--log-interval', type=int, default=20)
-    p.add_argument('--topk', type=int, default=4)
+    p.add_argument('--log-interval', type=positive_int, default=20)
+    p.add_argument('--topk', type=positive_int, default=4)
     return p.parse_args(argv)
 
 

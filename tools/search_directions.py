@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmlocalmamba.search.export import export_all  # noqa: E402
+from mmlocalmamba.utils.cli import positive_int  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -28,7 +29,7 @@ def parse_args(argv=None):
         description='Pick the top-k scan directions per layer from a direction-search '
         'supernet checkpoint; write JSON, a config snippet and a heatmap PNG.')
     parser.add_argument('checkpoint', help='supernet checkpoint (.pth)')
-    parser.add_argument('--topk', type=int, default=4, help='directions kept per layer')
+    parser.add_argument('--topk', type=positive_int, default=4, help='directions kept per layer')
     parser.add_argument('--out-dir', default=None,
                         help='output folder (default: the checkpoint folder)')
     parser.add_argument('--name', default='directions', help='output file name stem')
