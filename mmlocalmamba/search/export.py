@@ -20,8 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..ops.scan_orders import ALL_DIRECTIONS, check_direction
-from ..utils.checkpoint import extract_state_dict
-from ..utils.safe_load import safe_torch_load
+from ..utils.checkpoint import extract_state_dict, load_checkpoint_file
 from .arch import ARCH_PARAM_KEY, layer_label
 
 __all__ = [
@@ -65,7 +64,7 @@ class DirectionSearchResult:
 
 def _load(checkpoint) -> dict:
     if isinstance(checkpoint, (str, os.PathLike)):
-        return safe_torch_load(checkpoint, map_location='cpu')
+        return load_checkpoint_file(checkpoint, map_location='cpu')
     if isinstance(checkpoint, dict):
         return checkpoint
     raise TypeError(f'checkpoint must be a path or a loaded dict, got {type(checkpoint).__name__}.')
@@ -86,7 +85,9 @@ def load_arch_logits(checkpoint: Union[str, os.PathLike, dict],
     """The architecture weights of a supernet checkpoint.
 
     Args:
-        checkpoint: path (loaded with ``safe_torch_load``) or an already loaded dict.
+        checkpoint: path or URL (loaded with
+            :func:`~mmlocalmamba.utils.checkpoint.load_checkpoint_file`: checked
+            ``weights_only``, ``$MMLOCALMAMBA_TRUST_CHECKPOINTS`` honoured) or a loaded dict.
         prefix: keep only keys under it (e.g. ``'backbone.'``); None strips ``backbone.``
             automatically (see :func:`mmlocalmamba.utils.checkpoint.extract_state_dict`).
 
