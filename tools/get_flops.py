@@ -15,6 +15,7 @@ import os.path as osp
 import torch
 
 import mmlocalmamba  # noqa: F401
+from mmlocalmamba.utils.cli import positive_int
 from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops
 
 PRESETS = {
@@ -47,10 +48,13 @@ def build(target: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('target', help=f'preset ({", ".join(PRESETS)}) or config file')
-    parser.add_argument('--shape', type=int, nargs='+', default=[224, 224],
+    parser.add_argument('--shape', type=positive_int, nargs='+', default=[224, 224], metavar='SIZE',
                         help='input H W (one number: square)')
     args = parser.parse_args(argv)
-    shape = args.shape * 2 if len(args.shape) == 1 else args.shape[:2]
+    if len(args.shape) > 2:
+        parser.error(f'--shape takes one or two numbers (H [W]), got '
+                     f'{" ".join(map(str, args.shape))}')
+    shape = args.shape * 2 if len(args.shape) == 1 else args.shape
     model = build(args.target)
     params = count_params(model)
     # shapes are all that counting needs: run on the meta device (no memory, no compute)

@@ -11,6 +11,7 @@ Datasets whose ``meta.json`` already records the same parameters are kept.
 import argparse
 
 from mmlocalmamba.datasets.demo_data import generate_demo_data
+from mmlocalmamba.utils.cli import positive_int
 
 
 def parse_args(argv=None):
@@ -22,9 +23,9 @@ def parse_args(argv=None):
     parser.add_argument('--which', choices=['coco', 'ade', 'all'],
                         default='all', help='which dataset(s) to write')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--num-train', type=int, default=64)
-    parser.add_argument('--num-val', type=int, default=16)
-    parser.add_argument('--img-size', type=int, nargs='+', default=[256],
+    parser.add_argument('--num-train', type=positive_int, default=64)
+    parser.add_argument('--num-val', type=positive_int, default=16)
+    parser.add_argument('--img-size', type=positive_int, nargs='+', default=[256],
                         metavar='N', help='S (square) or H W')
     parser.add_argument('--force', action='store_true',
                         help='regenerate even if the data is up to date')

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from mmlocalmamba.search.imagefolder import coco_to_imagefolder
+from mmlocalmamba.utils.cli import positive_float, positive_int
 
 
 def main(argv=None):
@@ -19,8 +20,8 @@ def main(argv=None):
     parser.add_argument('coco_root', help='folder with annotations/instances_<split>.json')
     parser.add_argument('out_root')
     parser.add_argument('--splits', nargs='+', default=['train', 'val'])
-    parser.add_argument('--size', type=int, default=64, help='crop side in pixels')
-    parser.add_argument('--context', type=float, default=1.3,
+    parser.add_argument('--size', type=positive_int, default=64, help='crop side in pixels')
+    parser.add_argument('--context', type=positive_float, default=1.3,
                         help='crop side / larger box side')
     parser.add_argument('--gray', action='store_true',
                         help='grey-level crops (removes the colour cue of the demo classes)')

@@ -18,6 +18,7 @@ import argparse
 import os.path as osp
 
 from mmlocalmamba.search.export import export_all
+from mmlocalmamba.utils.cli import positive_int
 
 
 def parse_args(argv=None):
@@ -25,7 +26,7 @@ def parse_args(argv=None):
         description='Pick the top-k scan directions per layer from a direction-search '
         'supernet checkpoint; write JSON, a config snippet and a heatmap PNG.')
     parser.add_argument('checkpoint', help='supernet checkpoint (.pth)')
-    parser.add_argument('--topk', type=int, default=4, help='directions kept per layer')
+    parser.add_argument('--topk', type=positive_int, default=4, help='directions kept per layer')
     parser.add_argument('--out-dir', default=None,
                         help='output folder (default: the checkpoint folder)')
     parser.add_argument('--name', default='directions', help='output file name stem')

@@ -27,7 +27,6 @@ from typing import Callable, Dict
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..utils.safe_load import register_safe_globals
 from .local_vmamba import LocalVMambaClassifier
 
 __all__ = ['PretrainedWeightsError', 'TIMM_MODELS', 'default_cfgs']
@@ -65,9 +64,6 @@ def _build(name: str, cls, defaults: dict, pretrained: bool, kwargs: dict) -> nn
         kwargs.pop(key, None)
     if 'in_chans' in kwargs:
         kwargs['in_channels'] = kwargs.pop('in_chans')
-    # timm's checkpoint_path loading uses torch.load(weights_only=True): allow the harmless
-    # types of official checkpoints (argparse.Namespace, numpy scalars).
-    register_safe_globals()
     model = cls(**{**defaults, **kwargs})
     cfg = dict(default_cfgs[name], architecture=name)
     if 'num_classes' in kwargs:

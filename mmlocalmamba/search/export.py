@@ -22,8 +22,7 @@ import torch
 from mmengine.logging import print_log
 
 from ..ops.scan_orders import ALL_DIRECTIONS, check_direction
-from ..utils.checkpoint import extract_state_dict
-from ..utils.safe_load import safe_torch_load
+from ..utils.checkpoint import extract_state_dict, load_checkpoint_file
 from .arch import ARCH_PARAM_KEY, layer_label
 
 __all__ = [
@@ -73,7 +72,7 @@ def _load(checkpoint) -> dict:
         print_log(f'Loading the supernet checkpoint {os.fspath(checkpoint)} ({size:.1f} MiB) ...',
                   logger='current')
         start = time.perf_counter()
-        ckpt = safe_torch_load(checkpoint, map_location='cpu')
+        ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
         print_log(f'Loaded in {time.perf_counter() - start:.1f} s.', logger='current')
         return ckpt
     if isinstance(checkpoint, dict):
@@ -96,7 +95,9 @@ def load_arch_logits(checkpoint: Union[str, os.PathLike, dict],
     """The architecture weights of a supernet checkpoint.
 
     Args:
-        checkpoint: path (loaded with ``safe_torch_load``) or an already loaded dict.
+        checkpoint: path or URL (loaded with
+            :func:`~mmlocalmamba.utils.checkpoint.load_checkpoint_file`: checked
+            ``weights_only``, ``$MMLOCALMAMBA_TRUST_CHECKPOINTS`` honoured) or a loaded dict.
         prefix: keep only keys under it (e.g. ``'backbone.'``); None strips ``backbone.``
             automatically (see :func:`mmlocalmamba.utils.checkpoint.extract_state_dict`).
 
