@@ -26,6 +26,8 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 
+from ..utils.cli import (non_negative_float, non_negative_int, positive_float,
+                         positive_int)
 from ..search.export import export_all
 from ..search.trainer import (ArchHistoryHook, ImageFolderSet, SearchClassifier, TopOneAccuracy,
                               build_search_model)
@@ -229,20 +231,20 @@ def search_cls_parser() -> argparse.ArgumentParser:
     p.add_argument('--model-kwargs', type=json.loads, default=None,
                    help='JSON object of extra model arguments, e.g. \'{"drop_path_rate": 0.1}\'')
     p.add_argument('--work-dir', default='work_dirs/search_cls')
-    p.add_argument('--epochs', type=int, default=100)
-    p.add_argument('--max-iters', type=int, default=None,
+    p.add_argument('--epochs', type=positive_int, default=100)
+    p.add_argument('--max-iters', type=positive_int, default=None,
                    help='train this many iterations instead of epochs')
-    p.add_argument('--batch-size', type=int, default=128, help='per process')
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--lr', type=float, default=1e-3)
-    p.add_argument('--weight-decay', type=float, default=0.05)
-    p.add_argument('--arch-lr-mult', type=float, default=1.0,
+    p.add_argument('--batch-size', type=positive_int, default=128, help='per process')
+    p.add_argument('--img-size', type=positive_int, default=224)
+    p.add_argument('--lr', type=positive_float, default=1e-3)
+    p.add_argument('--weight-decay', type=non_negative_float, default=0.05)
+    p.add_argument('--arch-lr-mult', type=non_negative_float, default=1.0,
                    help='learning-rate multiplier of the architecture weights (no weight decay)')
-    p.add_argument('--warmup-iters', type=int, default=0)
-    p.add_argument('--num-workers', type=int, default=4)
+    p.add_argument('--warmup-iters', type=non_negative_int, default=0)
+    p.add_argument('--num-workers', type=non_negative_int, default=4)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--log-interval', type=int, default=20)
-    p.add_argument('--topk', type=int, default=4)
+    p.add_argument('--log-interval', type=positive_int, default=20)
+    p.add_argument('--topk', type=positive_int, default=4)
     p.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CHECKPOINT',
                    help='resume: without a value from the latest checkpoint of the work dir')
     p.add_argument('--amp', action='store_true', help='mixed-precision training (GPU)')

@@ -396,16 +396,17 @@ def load_timm_checkpoint(model: nn.Module, checkpoint_path, use_ema: bool = True
 
     timm's own loader unpickles with ``weights_only=True`` and only ``argparse.Namespace``
     allowed, which refuses the official checkpoints (numpy scalars) and ignores the trust
-    opt-in. For LocalMamba models this loads through :func:`load_checkpoint_file` (checked
-    allow-list, ``$MMLOCALMAMBA_TRUST_CHECKPOINTS``) with timm's semantics: the EMA weights first
-    when ``use_ema``, ``module.`` stripped, then ``model.load_state_dict(strict=strict)``. Other
+    opt-in. For LocalMamba models (they carry ``convert_pretrained_state`` or a
+    ``layer_directions`` attribute: the registry installs this loader for timm and this module
+    imports no model) this loads through :func:`load_checkpoint_file` (checked allow-list,
+    ``$MMLOCALMAMBA_TRUST_CHECKPOINTS``) with timm's semantics: the EMA weights first when
+    ``use_ema``, ``module.`` stripped, then ``model.load_state_dict(strict=strict)``. Other
     models (and ``remap``/``filter_fn``/numpy files) go to timm's loader unchanged.
     """
     from timm.models import _helpers
-    from ..models.local_vim import LocalVim
-    from ..models.local_vmamba import LocalVMamba
     path = os.fspath(checkpoint_path)
-    if (not isinstance(model, (LocalVMamba, LocalVim)) or remap or filter_fn is not None
+    ours = hasattr(model, 'layer_directions') and hasattr(model, 'scan_backend')
+    if (not ours or remap or filter_fn is not None
             or path.lower().endswith(('.npz', '.npy', '.safetensors'))):
         return _helpers.load_checkpoint(model, checkpoint_path, use_ema=use_ema, device=device,
                                         strict=strict, remap=remap, filter_fn=filter_fn,

@@ -1,7 +1,7 @@
 """Compare launch configurations of the Triton scan (kernel development; one CUDA GPU).
 
     PYTHONPATH=$PWD python tools/dev/bench_scan_variants.py --out work_dirs/variants.json \\
-        --configs "ScanConfig()" "ScanConfig(bwd=Tile(T=8), ck_every=1, bwd_scratch=True)"
+        --configs "ScanConfig()" "ScanConfig(ck_every=2, ck_max_bytes=4e9)"
 
 For each configuration: the scan alone at LocalVMamba-T's four stage shapes (batch 128, 224x224;
 forward, forward + backward, given the projection), and the whole LocalVMamba-T classifier

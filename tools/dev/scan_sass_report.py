@@ -49,8 +49,8 @@ def main():
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--dump', help='folder for .sass / .ttgir / .ptx of each kernel')
     parser.add_argument('--config', default='ScanConfig()',
-                        help='launch configuration, e.g. "ScanConfig(bwd=Tile(T=8), '
-                        'bwd_scratch=True)"')
+                        help='launch configuration, e.g. "ScanConfig(bwd=Tile(T=2), '
+                        'ck_every=2)"')
     args = parser.parse_args()
 
     import triton

@@ -321,22 +321,15 @@ class _Problem:
                           dtype=torch.float32, device=dev) if not self.delta_full else da)
         grid = (self.batch * self.num_dirs, nblk, segs)
         opts = bwd.launch_options()
-        if self.config.bwd_scratch:
-            chdl = bwd.CH * bwd.DL
-            scratch = torch.empty((grid[0] * nblk * segs, bwd.T * (self.nstate + 1) * chdl),
-                                  dtype=torch.float32, device=dev)
-        else:
-            scratch = da
         kern.scan_bwd_kernel[grid](
             *self.common(), dy, *dy_strides, du, *du_strides, ddt, *ddt_strides, db,
             *db_strides, dc, *dc_strides, da, dd, dbias, dw, ck, num_ck, es, segs, seg_len,
-            *tables, self.num_dirs, self.num_ch, self.rank, num_tokens, scratch, **self.flags(),
+            *tables, self.num_dirs, self.num_ch, self.rank, num_tokens, **self.flags(),
             SEPARATE_SCATTER=separate, DU_ATOMIC=du_atomic, LOAD_E=segs > 1,
             USE_RS=(bwd.DL == 32 and opts['num_warps'] == 1 and self.rp <= 64
                     and self.nstate <= 32),
             ASM_DECAY=self.config.inline_asm and not interpreting(),
-            CKM=self.config.ck_every, T=bwd.T, SCRATCH=self.config.bwd_scratch,
-            **bwd.constexprs(), **opts)
+            CKM=self.config.ck_every, T=bwd.T, **bwd.constexprs(), **opts)
         shape = (self.batch * segs, self.num_dirs * self.num_ch)
         return (da.view(*shape, self.nstate).sum(0), dd.view(shape).sum(0),
                 dbias.view(shape).sum(0), None if self.delta_full else dw.sum(0))

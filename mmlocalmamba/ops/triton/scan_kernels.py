@@ -529,25 +529,19 @@ def scan_bwd_kernel(
         es_ptr, num_seg, seg_len,
         gidx_ptr, sidx_ptr, len_ptr, table_len,
         num_dirs, num_ch, rank, num_tokens,
-        scratch_ptr,
         N: tl.constexpr, RP: tl.constexpr, CH: tl.constexpr, DL: tl.constexpr,
         T: tl.constexpr, DELTA_FULL: tl.constexpr, HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
         SEPARATE_SCATTER: tl.constexpr, DU_ATOMIC: tl.constexpr, LOAD_E: tl.constexpr,
-        USE_RS: tl.constexpr, ASM_DECAY: tl.constexpr, CKM: tl.constexpr,
-        SCRATCH: tl.constexpr):
+        USE_RS: tl.constexpr, ASM_DECAY: tl.constexpr, CKM: tl.constexpr):
     """Backward of one segment: chunks of ``T`` steps in reverse, each chunk's states
     recomputed from the checkpoints ``ck``.
 
     Grid: (batch * num_dirs, cdiv(num_ch, CH * DL), num_seg). ``ck`` holds the state every
     ``CKM * T`` steps (``seg_len`` is a multiple of that); a chunk that starts between two
-    checkpoints first advances from the previous one.
-
-    Where the chunk's states live while the reverse pass runs over them:
-    ``SCRATCH = False``: in registers (the chunk loops are unrolled, ``T`` states per thread);
-    ``SCRATCH = True``: in ``scratch`` (per program ``T x (N + 1) x CH*DL`` fp32 written by the
-    recompute loop and read back by the reverse loop, which stays in L1/L2), so both loops are
-    plain loops: fewer registers (more warps per SM), any ``T``, a small program to compile.
+    checkpoints first advances from the previous one. A chunk's states ``h_{t-1}`` and deltas
+    stay in registers (the chunk loops are unrolled, ``T`` states per thread) while the reverse
+    pass runs over them.
 
     Writes ``du`` (stored per direction, or added atomically, ``DU_ATOMIC``); ``ddt`` = d(delta
     before softplus) stored (DELTA_FULL) or d(low-rank dt) added atomically; ``db``, ``dc``
@@ -583,14 +577,6 @@ def scan_bwd_kernel(
     bk = bidx * num_dirs + k
     ck_base = ck_ptr + bk * num_ck * N * num_ch
     st_off = n * num_ch + td
-    if SCRATCH:
-        # this program's scratch: T state tiles (N, CH*DL) then T delta rows (CH*DL)
-        chdl = CH * DL
-        prog = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * num_seg + seg
-        sc_base = scratch_ptr + prog.to(tl.int64) * (T * (N + 1) * chdl)
-        loc = (tl.arange(0, CH)[None, None, :] * DL + tl.arange(0, DL)[:, None, None]) * tab_sd
-        sc_h = sc_base + n * chdl + loc
-        sc_d = sc_base + T * N * chdl + loc
 
     length = tl.load(len_ptr + k)
     c_lo = (seg * seg_len) // T
@@ -614,46 +600,25 @@ def scan_bwd_kernel(
                                    sidx_row, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
                                    b_off, sb_l, w, bias, a2, dmask, DELTA_FULL, SOFTPLUS,
                                    IDENTITY, SEPARATE_SCATTER)
-        if SCRATCH:
-            for j in range(0, T):
-                tl.store(sc_h + j * (N * chdl), h)
-                h, delta = _recompute_step(t0 + j, h, length, num_tokens, gidx_row, sidx_row,
-                                           x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
-                                           b_off, sb_l, w, bias, a2, dmask, DELTA_FULL,
-                                           SOFTPLUS, IDENTITY, SEPARATE_SCATTER)
-                tl.store(sc_d + j * chdl, delta)
-            for jj in range(0, T):
-                j = T - 1 - jj
-                h_prev = tl.load(sc_h + j * (N * chdl))
-                delta = tl.load(sc_d + j * chdl)
-                e, da_acc, dd_acc, dbias_acc, dw_acc = _bwd_step(
-                    t0 + j, h_prev, delta, e, da_acc, dd_acc, dbias_acc, dw_acc, lane, length,
-                    num_tokens, gidx_row, sidx_row, x_base, x_off, sx_l, dt_base, dt_off, sdt_l,
-                    b_base, b_off, sb_l, c_base, c_off, sc_l, dy_base, dy_off, sy_l, du_base,
-                    du_off, sdu_l, ddt_base, ddt_off, sddt_r, sddt_l, db_base, sdb_n, sdb_l,
-                    dc_base, sdc_n, sdc_l, w, a2, dskip, dmask, DL, RP, N, DELTA_FULL, SOFTPLUS,
-                    IDENTITY, SEPARATE_SCATTER, DU_ATOMIC, USE_RS, ASM_DECAY)
-        else:
-            # the chunk's states h_{t-1} and deltas in registers (static unroll)
-            hs = (h, )
-            deltas = ()
-            for j in tl.static_range(T):
-                h, delta = _recompute_step(t0 + j, h, length, num_tokens, gidx_row, sidx_row,
-                                           x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
-                                           b_off, sb_l, w, bias, a2, dmask, DELTA_FULL,
-                                           SOFTPLUS, IDENTITY, SEPARATE_SCATTER)
-                deltas = deltas + (delta, )
-                if j < T - 1:
-                    hs = hs + (h, )
-            for jj in tl.static_range(T):
-                e, da_acc, dd_acc, dbias_acc, dw_acc = _bwd_step(
-                    t0 + (T - 1 - jj), hs[T - 1 - jj], deltas[T - 1 - jj], e, da_acc, dd_acc,
-                    dbias_acc, dw_acc, lane, length, num_tokens, gidx_row, sidx_row, x_base,
-                    x_off, sx_l, dt_base, dt_off, sdt_l, b_base, b_off, sb_l, c_base, c_off,
-                    sc_l, dy_base, dy_off, sy_l, du_base, du_off, sdu_l, ddt_base, ddt_off,
-                    sddt_r, sddt_l, db_base, sdb_n, sdb_l, dc_base, sdc_n, sdc_l, w, a2, dskip,
-                    dmask, DL, RP, N, DELTA_FULL, SOFTPLUS, IDENTITY, SEPARATE_SCATTER,
-                    DU_ATOMIC, USE_RS, ASM_DECAY)
+        # the chunk's states h_{t-1} and deltas in registers (static unroll)
+        hs = (h, )
+        deltas = ()
+        for j in tl.static_range(T):
+            h, delta = _recompute_step(t0 + j, h, length, num_tokens, gidx_row, sidx_row, x_base,
+                                       x_off, sx_l, dt_base, dt_off, sdt_l, b_base, b_off, sb_l,
+                                       w, bias, a2, dmask, DELTA_FULL, SOFTPLUS, IDENTITY,
+                                       SEPARATE_SCATTER)
+            deltas = deltas + (delta, )
+            if j < T - 1:
+                hs = hs + (h, )
+        for jj in tl.static_range(T):
+            e, da_acc, dd_acc, dbias_acc, dw_acc = _bwd_step(
+                t0 + (T - 1 - jj), hs[T - 1 - jj], deltas[T - 1 - jj], e, da_acc, dd_acc,
+                dbias_acc, dw_acc, lane, length, num_tokens, gidx_row, sidx_row, x_base, x_off,
+                sx_l, dt_base, dt_off, sdt_l, b_base, b_off, sb_l, c_base, c_off, sc_l, dy_base,
+                dy_off, sy_l, du_base, du_off, sdu_l, ddt_base, ddt_off, sddt_r, sddt_l, db_base,
+                sdb_n, sdb_l, dc_base, sdc_n, sdc_l, w, a2, dskip, dmask, DL, RP, N, DELTA_FULL,
+                SOFTPLUS, IDENTITY, SEPARATE_SCATTER, DU_ATOMIC, USE_RS, ASM_DECAY)
 
     part = (bidx * num_seg + seg) * num_dirs * num_ch + tkd
     tl.store(da_ptr + part * N + n, da_acc, mask=dmask)
