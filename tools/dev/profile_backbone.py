@@ -5,9 +5,9 @@ under ``torch.profiler`` and prints, for each, the wall time of one step, the su
 the time per kernel group (scan, merge, GEMM, norm, elementwise, copy, conv, other) and the
 kernels that take the most time. ``tools/benchmark.py --profile`` writes the same to the JSON::
 
-    python tools/profile_backbone.py                       # infer, train, det_fwd_bwd
-    python tools/profile_backbone.py --what train --rows 40
-    python tools/profile_backbone.py --what det_fwd_bwd --host   # + where the host time goes
+    python tools/dev/profile_backbone.py                       # infer, train, det_fwd_bwd
+    python tools/dev/profile_backbone.py --what train --rows 40
+    python tools/dev/profile_backbone.py --what det_fwd_bwd --host   # + where the host time goes
 """
 import argparse
 

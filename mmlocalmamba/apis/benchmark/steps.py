@@ -25,15 +25,15 @@ import torch
 #: path relative to the repository root). The old config names stay valid as aliases.
 STEP_CONFIGS: Dict[str, Dict[str, str]] = {
     'det': {
-        'LocalVMamba-T': 'configs/mmdet/maskrcnn_localvmamba_t.py',
+        'LocalVMamba-T': 'configs/mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py',
         'Swin-T': 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
     },
     'seg': {
-        'LocalVMamba-T': 'configs/mmseg/upernet_localvmamba_t_ade20k-512.py',
+        'LocalVMamba-T': 'configs/mmseg/upernet_localvmamba-t_8xb2-160k_ade20k-512x512.py',
         'Swin-T': 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',  # noqa: E501
     },
     'det_vim': {
-        'LocalVim-T': 'configs/mmdet/cascade-maskrcnn_localvim_t_lsj.py',
+        'LocalVim-T': 'configs/mmdet/cascade-mask-rcnn_localvim-t_sfp_lsj-100e_coco.py',
     },
 }
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
