@@ -55,7 +55,7 @@ def vim_multi_scan(tokens: torch.Tensor, height: int, width: int, directions: Se
         (B, K, C, L) sequences (zero tokens at window padding and common-length end padding).
     """
     batch, channels, num = tokens.shape
-    expected = height * width + (cls_pos is not None)
+    expected = height * width + int(cls_pos is not None)
     if num != expected:
         raise ValueError(f'Expected {expected} tokens for a {height}x{width} grid '
                          f'(cls_pos={cls_pos}), got {num}.')
@@ -202,7 +202,7 @@ if HAS_CUSTOM_OPS:
     @_vim_op.register_fake
     def _(xz, height, width, codes, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
           dt_proj_bias, A_log, D, cls_pos, official_v_reverse, backend, amp_dtype):
-        tokens = height * width + (cls_pos is not None)
+        tokens = height * width + int(cls_pos is not None)
         return xz.new_empty((xz.shape[0], len(codes), tokens, conv_weight.shape[1]),
                             dtype=amp_dtype or xz.dtype)
 
