@@ -60,9 +60,10 @@ def test_fused_backbone_under_bf16_autocast():
 
 
 @gpu
-def test_merge_norm_fused_flag_routes_to_triton(monkeypatch):
-    """fused=True on CUDA calls the Triton merge; search layers never do."""
-    from mmlocalmamba.ops import triton_merge
+def test_merge_norm_routes_to_triton(monkeypatch):
+    """merge_norm with the Triton backend on CUDA calls the fused merge; search layers and the
+    'torch' backend never do."""
+    from mmlocalmamba.ops.triton import merge as triton_merge
     calls = []
     real = triton_merge.scattn_merge_triton
 
@@ -74,9 +75,10 @@ def test_merge_norm_fused_flag_routes_to_triton(monkeypatch):
     norm = torch.nn.LayerNorm(16).cuda()
     ys = torch.randn(2, 3, 10, 16, device='cuda')
     plain = MultiScan(('h', 'v', 'w2'), 16).cuda()
-    out = plain.merge_norm(ys, norm, fused=True)
+    out = plain.merge_norm(ys, norm, backend='triton')
     assert calls == [1]
     assert max_rel(out, norm(plain.merge(ys))) < 1e-5
+    plain.merge_norm(ys, norm, backend='torch')
     search = MultiScan(('h', 'v', 'w2'), 16, search=True).cuda()
-    search.merge_norm(ys, norm, fused=True)
+    search.merge_norm(ys, norm, backend='triton')
     assert calls == [1]

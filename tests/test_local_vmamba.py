@@ -283,11 +283,11 @@ def test_set_scan_backend_switches_every_layer():
 
 
 def test_merge_norm_falls_back_to_pytorch_on_cpu():
-    """``fused=True`` is only a permission: on CPU tensors the PyTorch merge runs (same values)."""
+    """The Triton backend is only a permission: on CPU tensors the PyTorch merge runs."""
     from mmlocalmamba.models.layers import MultiScan
     torch.manual_seed(0)
     ms = MultiScan(('h', 'v', 'w2'), 16)
     norm = torch.nn.LayerNorm(16)
     ys = torch.randn(2, 3, 10, 16)
-    torch.testing.assert_close(ms.merge_norm(ys, norm, fused=True), norm(ms.merge(ys)),
+    torch.testing.assert_close(ms.merge_norm(ys, norm, backend='triton'), norm(ms.merge(ys)),
                                rtol=0, atol=0)

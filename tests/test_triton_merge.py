@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from mmlocalmamba.models.layers import MultiScan
-from mmlocalmamba.ops import triton_merge
-from mmlocalmamba.ops.triton_merge import scattn_merge_reference, scattn_merge_triton
+from mmlocalmamba.ops.merge import scattn_merge, scattn_merge_reference
+from mmlocalmamba.ops.triton.merge import scattn_merge_triton
 
 from .conftest import cpu_only, gpu, max_rel, run_in_triton_interpreter
 
@@ -125,25 +125,31 @@ def test_argument_checks(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match='CUDA|triton'):
             call(scattn_merge_triton, ys, params)
-    # float64 runs the reference on any device.
-    out = call(scattn_merge_triton, ys.double(), [p.double() for p in params])
-    torch.testing.assert_close(out, call(scattn_merge_reference, ys.double(),
-                                         [p.double() for p in params]))
+    # float64 is the reference's (the dispatcher runs it on any device); the kernels refuse it.
+    with pytest.raises(TypeError, match='float64'):
+        call(scattn_merge_triton, ys.double(), [p.double() for p in params])
+    for backend in ('auto', 'torch', 'triton') if torch.cuda.is_available() else ('auto',
+                                                                                   'torch'):
+        out = call(lambda *a: scattn_merge(*a, backend=backend), ys.double(),
+                   [p.double() for p in params])
+        torch.testing.assert_close(out, call(scattn_merge_reference, ys.double(),
+                                             [p.double() for p in params]))
 
 
 INTERPRETER_SCRIPT = textwrap.dedent('''
     import torch
-    from mmlocalmamba.ops import triton_merge as tm
+    from mmlocalmamba.ops.merge import scattn_merge_reference
+    from mmlocalmamba.ops.triton.merge import scattn_merge_triton
 
     def max_rel(a, b):
         a, b = a.double(), b.double()
         return ((a - b).abs().max() / b.abs().max()).item()
 
-    def run(fn, ys, params, dout):
+    def run(fn, ys, params, dout, **kw):
         ys = ys.detach().requires_grad_(True)
         params = [p.detach().requires_grad_(True) for p in params]
         aw, ab, w1, b1, w2, b2, ow, ob = params
-        out = fn(ys, aw, ab, 1e-5, w1, b1, w2, b2, ow, ob, 1e-5)
+        out = fn(ys, aw, ab, 1e-5, w1, b1, w2, b2, ow, ob, 1e-5, **kw)
         loss = out.sum() if dout is None else (out * dout.to(out.dtype)).sum()
         grads = torch.autograd.grad(loss, [ys] + params)
         return out, grads
@@ -167,9 +173,8 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
              ('fp32 4 row blocks', ys64.float(), 64), ('bf16', ys64.bfloat16(), 64)]
     worst = 0.0
     for name, ys, tile in cases:
-        tm.TILE_ELEMENTS = tile
-        ref, gref = run(tm.scattn_merge_reference, ys.double(), p64, dout)
-        out, grads = run(tm.scattn_merge_triton, ys, p32, dout)
+        ref, gref = run(scattn_merge_reference, ys.double(), p64, dout)
+        out, grads = run(scattn_merge_triton, ys, p32, dout, tile_elements=tile)
         assert out.dtype == torch.float32 and out.shape == (B, L, C) and out.is_contiguous()
         assert grads[0].dtype == ys.dtype and grads[0].shape == ys.shape
         errs = [max_rel(out, ref)] + [max_rel(a, b) for a, b in zip(grads, gref)]
@@ -180,9 +185,8 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
             errs = errs[:1] + errs[2:]
         worst = max(worst, max(errs))
     # out.sum(): dout is an expanded (stride 0) tensor.
-    tm.TILE_ELEMENTS = 64
-    ref, gref = run(tm.scattn_merge_reference, ys64, p64, None)
-    out, grads = run(tm.scattn_merge_triton, ys64.float(), p32, None)
+    ref, gref = run(scattn_merge_reference, ys64, p64, None)
+    out, grads = run(scattn_merge_triton, ys64.float(), p32, None, tile_elements=64)
     errs = [max_rel(a, b) for a, b in zip(grads, gref)]
     print('sum', 'dys %.2e' % errs[0], 'params %.2e' % max(errs[1:]))
     worst = max(worst, max(errs))

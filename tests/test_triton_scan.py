@@ -11,10 +11,11 @@ import textwrap
 import pytest
 import torch
 
-from mmlocalmamba.ops import triton_scan
 from mmlocalmamba.ops.local_scan import local_selective_scan
-from mmlocalmamba.ops.scan_orders import gather_index, inverse_index, scan_length
+from mmlocalmamba.ops.scan_orders import gather_index, inverse_index, kernel_tables, scan_length
 from mmlocalmamba.ops.selective_scan import resolve_backend, selective_scan, selective_scan_torch
+from mmlocalmamba.ops.triton import ScanConfig, Tile, is_available
+from mmlocalmamba.ops.triton.scan import local_selective_scan_triton
 
 from .conftest import cpu_only, gpu, rel_l2, run_in_triton_interpreter
 
@@ -47,13 +48,23 @@ def run_local(params, directions, official_v_reverse, backend, grad_out):
     return y.detach(), grads
 
 
+def run_triton(params, directions, official_v_reverse, grad_out, config):
+    """The Triton launcher itself, with a given launch configuration."""
+    params = [p.detach().clone().requires_grad_(True) for p in params]
+    height, width = params[0].shape[2:]
+    tables = kernel_tables(height, width, directions, official_v_reverse, params[0].device)
+    y = local_selective_scan_triton(*params, tables, config=config)
+    grads = torch.autograd.grad((y * grad_out.to(y.dtype)).sum(), params)
+    return y.detach(), grads
+
+
 # ----------------------------------------------------------------------------- CPU tests
 
 
 @pytest.mark.parametrize('height,width', [(5, 7), (7, 7), (4, 9)])
 @pytest.mark.parametrize('official', [False, True])
-def test_scan_tables_match_scan_orders(height, width, official):
-    tables = triton_scan.scan_tables(height, width, ALL8, official)
+def test_kernel_tables_match_scan_orders(height, width, official):
+    tables = kernel_tables(height, width, ALL8, official)
     num = height * width
     assert tables.num_tokens == num
     assert tables.gather.dtype == torch.int32 and tables.lengths.dtype == torch.int32
@@ -75,23 +86,25 @@ def test_scan_tables_match_scan_orders(height, width, official):
     assert tables.separate_scatter == (official and height != width)
 
 
-def test_scan_tables_errors_and_availability():
+def test_kernel_tables_errors_and_availability():
     with pytest.raises(ValueError, match='Unknown scan direction'):
-        triton_scan.scan_tables(4, 4, ['h', 'diag'])
+        kernel_tables(4, 4, ['h', 'diag'])
     with pytest.raises(ValueError, match='at least one'):
-        triton_scan.scan_tables(4, 4, [])
+        kernel_tables(4, 4, [])
     if not torch.cuda.is_available():
-        assert not triton_scan.is_available()
+        assert not is_available()
         assert resolve_backend('auto', torch.device('cpu')) == 'torch'
         params = make_layer(1, 4, 3, 3, 2, dtype=torch.float32)
         with pytest.raises(RuntimeError, match='CUDA'):
-            triton_scan.local_selective_scan_triton(*params, ['h', 'v'])
+            local_selective_scan_triton(*params, kernel_tables(3, 3, ['h', 'v']))
 
 
 INTERPRETER_SCRIPT = textwrap.dedent('''
     import torch
-    from mmlocalmamba.ops import triton_scan as ts
     from mmlocalmamba.ops.local_scan import local_selective_scan
+    from mmlocalmamba.ops.scan_orders import kernel_tables
+    from mmlocalmamba.ops.triton import ScanConfig, Tile
+    from mmlocalmamba.ops.triton import scan as ts
     torch.manual_seed(0)
     B, D, H, W, N, R = 1, 6, 3, 5, 4, 2
     dirs = ('h', 'v_flip', 'w2_flip')
@@ -104,28 +117,40 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
     g = torch.randn_like(ref)
     gref = torch.autograd.grad((ref * g).sum(), p64)
     x, xw, dw, db, al, ds = [p.detach().float().requires_grad_(True) for p in p64]
-    tables = ts.scan_tables(H, W, dirs, True)
+    tables = kernel_tables(H, W, dirs, True)
     errs = []
-    # low rank, full delta, sequence segments, batch groups, other tile shapes
-    t2 = dict(CH=1, DL=32, T=2, num_warps=1)
-    for over in ({}, {'v3_lowrank_max': 0}, {'v3_target_programs': 10**6, 'v3_min_segment': 4},
-                 {'v3_target_programs': 10**6, 'v3_min_segment': 4, 'v3_bwd': t2},
-                 {'v3_target_programs': 10**6, 'v3_min_segment': 4, 'v3_bwd': t2,
-                  'v3_reuse_summaries': False},
-                 {'v3_ck_max_bytes': 1000, 'v3_ck_every': 1},
-                 {'v3_fwd': dict(CH=2, DL=32, num_warps=1),
-                  'v3_bwd': dict(CH=2, DL=8, T=2, num_warps=1)}):
-        saved = dict(ts.KERNEL_CONFIG)
-        ts.KERNEL_CONFIG.update(over)
+    # low rank, full delta, sequence segments (with and without the forward's summaries: a
+    # batch group recomputes them), batch groups, other tile shapes
+    t2 = Tile(CH=1, DL=32, T=2, num_warps=1)
+    seg = dict(target_programs=10**6, min_segment=4)
+    for cfg in (ScanConfig(), ScanConfig(lowrank_max=0), ScanConfig(**seg),
+                ScanConfig(bwd=t2, **seg),
+                ScanConfig(ck_max_bytes=1000, ck_every=1),
+                ScanConfig(fwd=Tile(CH=2, DL=32, num_warps=1),
+                           bwd=Tile(CH=2, DL=8, T=2, num_warps=1))):
         x_cl = x.permute(0, 2, 3, 1).reshape(B, H * W, D)
         x_dbl = ts.project(x_cl, xw, N)
-        y = ts.scan_projected(x_cl, x_dbl, dw, db, al, ds, tables, N)
+        y = ts.scan_projected(x_cl, x_dbl, dw, db, al, ds, tables, N, cfg)
         grads = torch.autograd.grad((y * g.float()).sum(), [x, xw, dw, db, al, ds])
-        ts.KERNEL_CONFIG.clear()
-        ts.KERNEL_CONFIG.update(saved)
         err = [((y.double() - ref).norm() / ref.norm()).item()]
         err += [((a.double() - b).norm() / b.norm()).item() for a, b in zip(grads, gref)]
         errs.append(max(err))
+    # the plain scan keeps no summaries: its backward recomputes them (segments)
+    from mmlocalmamba.ops.selective_scan import selective_scan_torch
+    L = 40
+    q64 = [torch.randn(2, 6, L), torch.randn(2, 6, L) * 0.5, -torch.rand(6, N) * 3,
+           torch.randn(2, 2, N, L), torch.randn(2, 2, N, L), torch.randn(6), torch.randn(6)]
+    q64 = [p.double().requires_grad_(True) for p in q64]
+    ref = selective_scan_torch(*q64, softplus=True)
+    g = torch.randn_like(ref)
+    gref = torch.autograd.grad((ref * g).sum(), q64)
+    q32 = [p.detach().float().requires_grad_(True) for p in q64]
+    y = ts.selective_scan_triton(*q32, softplus=True,
+                                 config=ScanConfig(target_programs=10**6, min_segment=4))
+    grads = torch.autograd.grad((y * g.float()).sum(), q32)
+    err = [((y.double() - ref).norm() / ref.norm()).item()]
+    err += [((a.double() - b).norm() / b.norm()).item() for a, b in zip(grads, gref)]
+    errs.append(max(err))
     print('MAXERR', max(errs))
 ''')
 
@@ -224,20 +249,20 @@ def test_outputs_fully_written_over_poisoned_memory():
 
 
 @gpu
-@pytest.mark.parametrize('over', [
-    {'v3_target_programs': 10**6, 'v3_min_segment': 16},  # sequence segments in parallel
-    {'v3_lowrank_max': 0},  # delta = dt @ W^T outside the kernels
-    {'v3_ck_max_bytes': 1000, 'v3_ck_every': 1},  # batch groups, checkpoint every chunk
-    {'v3_fwd': dict(CH=2, DL=32, num_warps=1), 'v3_bwd': dict(CH=2, DL=8, T=2, num_warps=1),
-     'v3_dbl_fp32': True},  # other tile shapes (plain channel sums), fp32 reads
+@pytest.mark.parametrize('config', [
+    ScanConfig(target_programs=10**6, min_segment=16),  # sequence segments in parallel
+    ScanConfig(lowrank_max=0),  # delta = dt @ W^T outside the kernels
+    ScanConfig(ck_max_bytes=1000, ck_every=1),  # batch groups, checkpoint every chunk
+    ScanConfig(fwd=Tile(CH=2, DL=32, num_warps=1),
+               bwd=Tile(CH=2, DL=8, T=2, num_warps=1)),  # other tiles (plain channel sums)
+    ScanConfig(inline_asm=False),  # accurate softplus and decay (the interpreter's formulas)
 ])
-def test_local_scan_kernel_variants(over, monkeypatch):
+def test_local_scan_kernel_variants(config):
     directions = ('h', 'v_flip', 'w7', 'w2_flip')
     params = make_layer(2, 40, 19, 23, 4, rank=5, device='cuda')
     grad_out = torch.randn(2, 4, 19 * 23, 40, device='cuda', dtype=torch.float64)
     y_ref, g_ref = run_local(params, directions, True, 'torch', grad_out)
-    monkeypatch.setattr(triton_scan, 'KERNEL_CONFIG', dict(triton_scan.KERNEL_CONFIG, **over))
-    y, grads = run_local([p.float() for p in params], directions, True, 'triton', grad_out)
+    y, grads = run_triton([p.float() for p in params], directions, True, grad_out, config)
     assert rel_l2(y, y_ref) < 2e-5
     for name, a, b in zip(['x', 'x_proj', 'dt_w', 'dt_b', 'A_logs', 'Ds'], grads, g_ref):
         assert rel_l2(a, b) < 5e-5, name
@@ -311,35 +336,16 @@ def test_plain_selective_scan_without_d_and_bias():
     assert rel_l2(out, ref) < 2e-5
 
 
-def test_problem_identity_never_compares_tables_with_a_string(monkeypatch):
-    """Regression: ``_Problem.identity`` compared the index tables (a tuple of tensors) with the
-    string 'identity' (Tensor == str: ~50 us of host time per kernel launch)."""
-    tables = triton_scan.scan_tables(3, 4, ('h', 'w2'))
+@gpu
+def test_launch_never_compares_tables_with_a_string(monkeypatch):
+    """Regression: the launcher compared the index tables (a tuple of tensors) with the string
+    'identity' (Tensor == str: ~50 us of host time per kernel launch)."""
+    params = [p.float() for p in make_layer(1, 8, 3, 4, 2, device='cuda')]
+    tables = kernel_tables(3, 4, ('h', 'w2'), device='cuda')
 
     def no_compare(self, other):
         raise AssertionError(f'tensor compared with {other!r}')
 
     monkeypatch.setattr(torch.Tensor, '__eq__', no_compare)
-    z = torch.zeros(1)
-    common = dict(u=z, u_strides=(0, ) * 4, dt=z, dt_strides=(0, ) * 4, delta_full=True, w=None,
-                  bmat=z, b_strides=(0, ) * 4, cmat=z, c_strides=(0, ) * 4, a2=z, dskip=None,
-                  bias=None, softplus=True, batch=1, num_dirs=2, num_ch=1, rank=0, nstate=4)
-    assert triton_scan._Problem(tables=tables, **common).identity is False
-    assert triton_scan._Problem(tables=('identity', 12), **common).identity is True
-
-
-def test_softplus_mode(monkeypatch):
-    """Fast softplus (inline SFU log2) only where inline assembly runs: never in the interpreter."""
-    z = torch.zeros(1)
-    common = dict(u=z, u_strides=(0, ) * 4, dt=z, dt_strides=(0, ) * 4, delta_full=True, w=None,
-                  bmat=z, b_strides=(0, ) * 4, cmat=z, c_strides=(0, ) * 4, a2=z, dskip=None,
-                  bias=None, batch=1, num_dirs=1, num_ch=1, rank=0, nstate=4,
-                  tables=('identity', 8))
-    assert triton_scan._Problem(softplus=False, **common).softplus_mode == 0
-    monkeypatch.setattr(triton_scan, '_interpreting', lambda: False)
-    assert triton_scan._Problem(softplus=True, **common).softplus_mode == 2
-    monkeypatch.setitem(triton_scan.KERNEL_CONFIG, 'v3_fast_softplus', False)
-    assert triton_scan._Problem(softplus=True, **common).softplus_mode == 1
-    monkeypatch.setitem(triton_scan.KERNEL_CONFIG, 'v3_fast_softplus', True)
-    monkeypatch.setattr(triton_scan, '_interpreting', lambda: True)
-    assert triton_scan._Problem(softplus=True, **common).softplus_mode == 1
+    y = local_selective_scan_triton(*params, tables)
+    assert y.shape == (1, 2, 12, 8)

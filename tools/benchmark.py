@@ -119,13 +119,14 @@ def scan_bytes(batch, stage, num_dirs=4, nstate=16):
 
 
 def bench_scan(batch, iters, copy_tbps, log):
-    from mmlocalmamba.ops import triton_scan as ts
+    from mmlocalmamba.ops.scan_orders import kernel_tables
+    from mmlocalmamba.ops.triton import scan as ts
     rows = []
     for stage in TINY_STAGES:
         params = scan_inputs(batch, stage)
         x, x_proj, dt_w, dt_b, a_logs, ds = params
         height, width, chans = stage['height'], stage['width'], stage['channels']
-        tables = ts.scan_tables(height, width, SCAN_DIRECTIONS, False, x.device)
+        tables = kernel_tables(height, width, SCAN_DIRECTIONS, False, x.device)
         x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, chans)
         with torch.autocast('cuda', dtype=torch.bfloat16):
             x_dbl = ts.project(x_cl, x_proj, 16)
@@ -134,7 +135,7 @@ def bench_scan(batch, iters, copy_tbps, log):
 
         def scan():
             # the scan given the projection (for ranks above the in-kernel limit this includes
-            # the delta GEMM, see triton_scan.scan_projected)
+            # the delta GEMM, see ops.triton.scan.scan_projected)
             with torch.autocast('cuda', dtype=torch.bfloat16):
                 return ts.scan_projected(*leaves, tables, 16)
 
@@ -152,7 +153,7 @@ def bench_scan(batch, iters, copy_tbps, log):
 
         def op_fwd_bwd():
             with torch.autocast('cuda', dtype=torch.bfloat16):
-                out = ts.local_selective_scan_triton(*op_leaves, SCAN_DIRECTIONS)
+                out = ts.local_selective_scan_triton(*op_leaves, tables)
             torch.autograd.grad(out, op_leaves, grad)
 
         fwd = cuda_time(kernel_fwd, iters)

@@ -8,7 +8,7 @@ the device's triton version (3.6.0 on the H100 machines) for register counts tha
         pip install --no-deps --target /tmp/tri36 /tmp/tri/triton-3.6.0-*.whl
     PYTHONPATH=/tmp/tri36 python tools/scan_sass_report.py --stage 1 [--dump work_dirs/sass]
 
-Config overrides through MMLOCALMAMBA_TRITON_CONFIG (see mmlocalmamba/ops/triton_scan.py).
+Other launch configurations: edit the ``ScanConfig(...)`` below (mmlocalmamba/ops/triton/config.py).
 """
 import argparse
 import collections
@@ -16,11 +16,8 @@ import math
 import os
 import re
 import subprocess
-import sys
 
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 
 def _mix(lines):
@@ -81,7 +78,9 @@ def main():
 
     JITFunction.__getitem__ = compile_only
     torch.Tensor.is_cuda = property(lambda self: True)  # the wrapper's CUDA check
-    from mmlocalmamba.ops import triton_scan as ts
+    from mmlocalmamba.ops.scan_orders import kernel_tables
+    from mmlocalmamba.ops.triton import ScanConfig
+    from mmlocalmamba.ops.triton.scan import local_selective_scan_triton
 
     i = args.stage - 1
     height = width = 56 >> i
@@ -92,7 +91,8 @@ def main():
               torch.randn(dirs, chans, rank, dtype=bf16), torch.randn(dirs, chans),
               torch.randn(dirs * chans, nstate), torch.randn(dirs * chans)]
     params = [p.requires_grad_(True) for p in params]
-    y = ts.local_selective_scan_triton(*params, ('h', 'h_flip', 'w7', 'w7_flip'))
+    tables = kernel_tables(height, width, ('h', 'h_flip', 'w7', 'w7_flip'))
+    y = local_selective_scan_triton(*params, tables, config=ScanConfig())
     y.backward(torch.randn_like(y))
 
     tools = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin')

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.merge import scattn_merge
 from ..ops.scan_orders import ALL_DIRECTIONS, direction_lists
 
 __all__ = ['BiAttn', 'MultiScan', 'resolve_directions', 'ssm_a_log_init', 'ssm_dt_bias_init']
@@ -103,29 +104,31 @@ class MultiScan(nn.Module):
             out = out + probs[k] * F.layer_norm(y, y.shape[-1:], eps=1e-5)
         return out
 
-    def merge_norm(self, ys: torch.Tensor, norm: nn.LayerNorm, fused: bool = False) -> torch.Tensor:
-        """``norm(self.merge(ys))``, through the fused Triton kernels when ``fused`` allows.
+    def merge_norm(self, ys: torch.Tensor, norm: nn.LayerNorm,
+                   backend: str = 'torch') -> torch.Tensor:
+        """``norm(self.merge(ys))``, through the fused kernels where ``backend`` allows.
 
-        The fused path (:func:`~mmlocalmamba.ops.triton_merge.scattn_merge_triton`) applies to
-        plain (non-search) layers with their own SCAttn, on CUDA tensors; it computes the same
-        values in fp32 (the gate MLP included, which autocast would otherwise run in bf16) and
-        reads the (B, K, L, C) outputs twice in the forward instead of about ten times.
+        On CUDA, plain (non-search) layers with their own SCAttn go through
+        :func:`~mmlocalmamba.ops.merge.scattn_merge`: with the Triton backend the fused
+        kernels (the same values in fp32, the gate MLP included, which autocast would otherwise
+        run in bf16; the (B, K, L, C) outputs are read twice in the forward instead of about ten
+        times). CPU tensors and search layers run the modules' PyTorch merge.
 
         Args:
             ys: (B, K, L, C) scan outputs.
             norm: the LayerNorm over C applied to the merged outputs.
-            fused: allow the fused kernels (the caller's backend choice).
+            backend: the layer's scan backend (``'auto'``/``'triton'`` allow the fused path).
 
         Returns:
             (B, L, C).
         """
-        if fused and ys.is_cuda and not self.search and hasattr(self, 'attn'):
-            from ..ops.triton_merge import scattn_merge_triton
+        if (ys.is_cuda and not self.search and hasattr(self, 'attn')
+                and backend in ('auto', 'triton')):
             attn = self.attn
-            return scattn_merge_triton(ys, attn.norm.weight, attn.norm.bias, attn.norm.eps,
-                                       attn.global_reduce.weight, attn.global_reduce.bias,
-                                       attn.channel_select.weight, attn.channel_select.bias,
-                                       norm.weight, norm.bias, norm.eps)
+            return scattn_merge(ys, attn.norm.weight, attn.norm.bias, attn.norm.eps,
+                                attn.global_reduce.weight, attn.global_reduce.bias,
+                                attn.channel_select.weight, attn.channel_select.bias,
+                                norm.weight, norm.bias, norm.eps, backend=backend)
         return norm(self.merge(ys))
 
     def arch_probs(self) -> torch.Tensor:

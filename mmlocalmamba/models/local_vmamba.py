@@ -15,7 +15,6 @@ from timm.layers import DropPath, trunc_normal_
 
 from ..ops.local_scan import local_selective_scan
 from ..ops.scan_orders import ALL_DIRECTIONS
-from ..ops.selective_scan import resolve_backend
 from .base import (MATCH_PREV_GROUP, LocalMambaBackbone, ScanLayer, TimmClassifierMixin,
                    check_backend, check_out_indices, resolve_arch, take_indices)
 from .layers import MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
@@ -152,8 +151,7 @@ class SS2D(ScanLayer):
         ys = local_selective_scan(x, self.x_proj_weight, self.dt_projs_weight,
                                   self.dt_projs_bias, self.A_logs, self.Ds, self.directions,
                                   self.official_v_reverse, self.scan_backend)  # (B, K, HW, Di)
-        fused = resolve_backend(self.scan_backend, ys.device) == 'triton'
-        y = self.multi_scan.merge_norm(ys, self.out_norm, fused=fused)
+        y = self.multi_scan.merge_norm(ys, self.out_norm, backend=self.scan_backend)
         y = y.view(batch, height, width, -1).to(x.dtype)
         return self.out_proj(y * z)
 

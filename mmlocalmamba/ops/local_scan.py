@@ -2,14 +2,14 @@
 
 This is the hot path of LocalVMamba: K directions, each its own projection of the same features,
 scanned as one selective scan over ``K * D`` channels. The function below is the contract that
-every backend implements; the ``'torch'`` implementation is written out here, the Triton one
-lives in :mod:`mmlocalmamba.ops.triton_scan`.
+every backend implements; the ``'torch'`` implementation (the reference) is written out here,
+the fused Triton one lives in :mod:`mmlocalmamba.ops.triton.scan`.
 """
 from typing import Sequence
 
 import torch
 
-from .scan_orders import multi_reverse, multi_scan
+from .scan_orders import kernel_tables, multi_reverse, multi_scan
 from .selective_scan import resolve_backend, selective_scan
 
 __all__ = ['local_selective_scan']
@@ -48,11 +48,12 @@ def local_selective_scan(x: torch.Tensor,
         ``promote(x.dtype, float32)``.
     """
     backend = resolve_backend(backend, x.device)
-    if backend == 'triton':
-        from .triton_scan import local_selective_scan_triton
-        return local_selective_scan_triton(x, x_proj_weight, dt_projs_weight, dt_projs_bias,
-                                           A_logs, Ds, directions, official_v_reverse)
     batch, channels, height, width = x.shape
+    if backend == 'triton' and x.dtype != torch.float64 and batch > 0:
+        from .triton.scan import local_selective_scan_triton
+        tables = kernel_tables(height, width, directions, official_v_reverse, x.device)
+        return local_selective_scan_triton(x, x_proj_weight, dt_projs_weight, dt_projs_bias,
+                                           A_logs, Ds, tables)
     num_dirs = len(directions)
     rank = dt_projs_weight.shape[-1]
     nstate = A_logs.shape[-1]
@@ -65,15 +66,15 @@ def local_selective_scan(x: torch.Tensor,
     dts = torch.einsum('bkrl,kdr->bkdl', dts, dt_projs_weight)
 
     ys = selective_scan(
-        xs.reshape(batch, -1, length).to(dtype),
-        dts.reshape(batch, -1, length).to(dtype),
+        xs.reshape(batch, num_dirs * channels, length).to(dtype),
+        dts.reshape(batch, num_dirs * channels, length).to(dtype),
         -torch.exp(A_logs.to(dtype)),
         Bs.to(dtype),
         Cs.to(dtype),
         Ds.to(dtype),
         delta_bias=dt_projs_bias.reshape(-1).to(dtype),
         softplus=True,
-        backend=backend,
+        backend='torch' if backend == 'triton' else backend,
     ).view(batch, num_dirs, channels, length)
     ys = multi_reverse(ys, height, width, directions, official_v_reverse)
     return ys.transpose(2, 3)

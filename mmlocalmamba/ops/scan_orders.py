@@ -24,15 +24,17 @@ migrated models; the default is the true inverse. Both agree on square grids.
 All tables are cached per ``(H, W, direction, official_v_reverse)`` and per device.
 """
 import re
+from collections import namedtuple
 from functools import lru_cache
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = [
     'ALL_DIRECTIONS', 'parse_direction', 'check_direction', 'scan_length', 'gather_index',
-    'inverse_index', 'stacked_gather_index', 'stacked_inverse_index', 'scan', 'reverse',
-    'multi_scan', 'multi_reverse'
+    'inverse_index', 'stacked_tables', 'stacked_gather_index', 'stacked_inverse_index',
+    'ScanTables', 'kernel_tables', 'scan', 'reverse', 'multi_scan', 'multi_reverse',
+    'direction_lists'
 ]
 
 #: The 8 candidate directions of the paper, in the official order (search space order).
@@ -131,31 +133,110 @@ def inverse_index(height: int, width: int, direction: str, official_v_reverse: b
 
 
 @lru_cache(maxsize=1024)
-def _stacked(height, width, directions, official_v_reverse, device):
-    lengths = [scan_length(height, width, d) for d in directions]
-    length = max(lengths)
+def _stacked(height: int, width: int, directions: Tuple[str, ...], official_v_reverse: bool,
+             cls_pos: Optional[int]):
+    """The one builder of multi-direction tables (CPU int64), see :func:`stacked_tables`."""
+    if not directions:
+        raise ValueError('directions must name at least one scan direction.')
     num = height * width
-    gathers = torch.full((len(directions), length), num, dtype=torch.long)
-    inverses = []
-    for k, d in enumerate(directions):
+    if cls_pos is not None and not 0 <= cls_pos <= num:
+        raise ValueError(f'cls_pos must be in [0, {num}] for a {height}x{width} grid, got '
+                         f'{cls_pos}.')
+    gathers, inverses = [], []
+    for d in directions:
         gather, inverse = _tables(height, width, d, official_v_reverse)
-        gathers[k, :gather.numel()] = gather
-        inverses.append(inverse + k * length)
-    return gathers.to(device), torch.stack(inverses).to(device)
+        if cls_pos is not None:
+            # the class token (index num + 1) sits at step cls_pos of every sequence
+            gather = torch.cat([gather[:cls_pos], gather.new_tensor([num + 1]), gather[cls_pos:]])
+            inverse = inverse + (inverse >= cls_pos).long()
+            inverse = torch.cat([inverse[:cls_pos], inverse.new_tensor([cls_pos]),
+                                 inverse[cls_pos:]])
+        gathers.append(gather)
+        inverses.append(inverse)
+    lengths = torch.tensor([g.numel() for g in gathers], dtype=torch.long)
+    gather = torch.full((len(directions), int(lengths.max())), num, dtype=torch.long)
+    for k, g in enumerate(gathers):
+        gather[k, :g.numel()] = g
+    return gather, torch.stack(inverses), lengths
+
+
+def stacked_tables(height: int, width: int, directions: Sequence[str],
+                   official_v_reverse: bool = False,
+                   cls_pos: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor,
+                                                           torch.Tensor]:
+    """Tables of several directions, end-padded to a common length (CPU int64, cached).
+
+    Tokens are numbered ``0 .. H*W-1`` (row-major grid), ``H*W`` (a zero padding token) and, with
+    a class token, ``H*W + 1``; the class token then sits at step ``cls_pos`` of every sequence
+    and comes back at position ``cls_pos`` of the ``T = H*W + 1`` outputs.
+
+    Returns:
+        gather (K, L): token read at step t (``H*W`` past a direction's end);
+        inverse (K, T): step of direction k whose output lands at position p;
+        lengths (K,): each direction's sequence length (``L`` is the largest).
+    """
+    return _stacked(int(height), int(width), tuple(check_direction(d) for d in directions),
+                    bool(official_v_reverse), None if cls_pos is None else int(cls_pos))
+
+
+@lru_cache(maxsize=1024)
+def _stacked_on_device(height, width, directions, official_v_reverse, cls_pos, device):
+    gather, inverse, _ = stacked_tables(height, width, directions, official_v_reverse, cls_pos)
+    offsets = torch.arange(len(directions), dtype=torch.long)[:, None] * gather.shape[1]
+    return gather.to(device), (inverse + offsets).to(device)
 
 
 def stacked_gather_index(height: int, width: int, directions: Sequence[str],
-                         device: torch.device = torch.device('cpu')) -> torch.Tensor:
+                         device: torch.device = torch.device('cpu'),
+                         cls_pos: Optional[int] = None) -> torch.Tensor:
     """Gather tables of several directions, end-padded to a common length: ``(K, L)``."""
-    return _stacked(height, width, tuple(directions), False, torch.device(device))[0]
+    return _stacked_on_device(height, width, tuple(directions), False, cls_pos,
+                              torch.device(device))[0]
 
 
 def stacked_inverse_index(height: int, width: int, directions: Sequence[str],
                           official_v_reverse: bool = False,
-                          device: torch.device = torch.device('cpu')) -> torch.Tensor:
-    """Reverse tables into the flattened ``(K * L)`` stacked sequences: ``(K, H*W)``."""
-    return _stacked(height, width, tuple(directions), bool(official_v_reverse),
-                    torch.device(device))[1]
+                          device: torch.device = torch.device('cpu'),
+                          cls_pos: Optional[int] = None) -> torch.Tensor:
+    """Reverse tables into the flattened ``(K * L)`` stacked sequences: ``(K, T)``."""
+    return _stacked_on_device(height, width, tuple(directions), bool(official_v_reverse),
+                              cls_pos, torch.device(device))[1]
+
+
+ScanTables = namedtuple('ScanTables', ['gather', 'scatter', 'lengths', 'num_tokens',
+                                       'separate_scatter'])
+ScanTables.__doc__ = """The int32 tables the fused kernels walk (see :func:`kernel_tables`).
+
+gather (K, L): token read at scan step t (``num_tokens`` = zero padding, also past the end);
+scatter (K, L) or None: position written at step t (``num_tokens`` = dropped); None when it
+equals ``gather`` (always, unless ``official_v_reverse`` changes the v/v_flip outputs of a
+non-square grid); lengths (K,); num_tokens = H*W; separate_scatter = scatter is not None.
+"""
+
+
+@lru_cache(maxsize=256)
+def _kernel_tables(height, width, directions, official_v_reverse, device):
+    gather, inverse, lengths = stacked_tables(height, width, directions, official_v_reverse)
+    num = height * width
+    scatter = torch.full_like(gather, num)
+    # out[p] = seq[inverse[p]]  =>  step inverse[p] writes position p
+    scatter.scatter_(1, inverse, torch.arange(num, dtype=torch.long).expand_as(inverse))
+    separate = not torch.equal(gather, scatter)
+    return ScanTables(gather.to(device, torch.int32),
+                      scatter.to(device, torch.int32) if separate else None,
+                      lengths.to(device, torch.int32), num, separate)
+
+
+def kernel_tables(height: int, width: int, directions: Sequence[str],
+                  official_v_reverse: bool = False,
+                  device: torch.device = torch.device('cpu')) -> ScanTables:
+    """:class:`ScanTables` of a direction list on an ``H x W`` grid (cached per device).
+
+    Raises:
+        ValueError: for an unknown direction name, an empty list or an empty grid.
+    """
+    return _kernel_tables(int(height), int(width), tuple(directions), bool(official_v_reverse),
+                          torch.device(device))
 
 
 def _with_pad_token(x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +285,7 @@ def multi_scan(x: torch.Tensor, directions: Sequence[str]) -> torch.Tensor:
     batch, channels, height, width = x.shape
     index = stacked_gather_index(height, width, directions, x.device)
     seqs = _with_pad_token(x.flatten(2)).index_select(-1, index.flatten())
-    return seqs.view(batch, channels, len(directions), -1).transpose(1, 2)
+    return seqs.view(batch, channels, len(directions), index.shape[1]).transpose(1, 2)
 
 
 def multi_reverse(seqs: torch.Tensor, height: int, width: int, directions: Sequence[str],

@@ -14,11 +14,13 @@ the dtype of ``u``.
 The computation runs in ``promote(u.dtype, float32)``: half and bfloat16 inputs are computed with a
 float32 state, float64 inputs in float64 end to end.
 
-Backends: ``'torch'`` (this file, runs anywhere), ``'triton'`` (CUDA, see ``triton_scan``),
+Backends: ``'torch'`` (this file, runs anywhere), ``'triton'`` (CUDA, see
+:mod:`mmlocalmamba.ops.triton.scan`),
 ``'mamba_ssm'`` (optional CUDA kernel of the mamba-ssm package). ``'auto'`` picks triton on CUDA
-when it is importable and torch otherwise.
+when a recent enough triton is installed (see :func:`resolve_backend`) and torch otherwise.
 """
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -56,6 +58,8 @@ def _recurrence_(decay: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         decay, states: (L, ...) contiguous; ``states`` is overwritten and returned.
     """
     length = states.shape[0]
+    if states.numel() == 0:
+        return states
     chunk = _chunk_size(length)
     nchunks = -(-length // chunk)
     pad = nchunks * chunk - length
@@ -139,9 +143,10 @@ def selective_scan_torch(u: torch.Tensor,
     Ct = _group_view(C, channels)
     groups = Bt.shape[2]
     # time-major (L, B, G, D/G, 1) views of the per-channel inputs
-    delta_t = delta.permute(2, 0, 1).contiguous().view(length, batch, groups, -1, 1)
-    du_t = (delta * u).permute(2, 0, 1).contiguous().view(length, batch, groups, -1, 1)
-    decay = torch.exp(delta_t * A.view(groups, -1, A.shape[-1]))
+    per = channels // groups
+    delta_t = delta.permute(2, 0, 1).contiguous().view(length, batch, groups, per, 1)
+    du_t = (delta * u).permute(2, 0, 1).contiguous().view(length, batch, groups, per, 1)
+    decay = torch.exp(delta_t * A.view(groups, per, A.shape[-1]))
     states = _linear_recurrence(decay, du_t * Bt)  # (L, B, G, D/G, N)
     y = (states * Ct).sum(-1).view(length, batch, channels).permute(1, 2, 0)
     if D is not None:
@@ -149,12 +154,13 @@ def selective_scan_torch(u: torch.Tensor,
     return y.to(out_dtype)
 
 
+def _triton_unavailable(device: Optional[torch.device] = None) -> Optional[str]:
+    from .triton.common import unavailable_reason
+    return unavailable_reason(device)
+
+
 def _triton_available() -> bool:
-    try:
-        from . import triton_scan  # noqa: F401
-    except Exception:  # ImportError, or triton failing to initialise
-        return False
-    return triton_scan.is_available()
+    return torch.cuda.is_available() and _triton_unavailable() is None
 
 
 def _mamba_available() -> bool:
@@ -176,25 +182,52 @@ def available_backends():
     return out
 
 
+_WARNED = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message)
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn ``backend`` (one of :data:`BACKENDS`) into a concrete backend for ``device``.
 
+    ``'auto'``: on CUDA the Triton kernels when a recent enough triton is installed (see
+    :data:`~mmlocalmamba.ops.triton.MIN_TRITON_VERSION`), otherwise mamba-ssm's CUDA kernel when
+    installed, otherwise the PyTorch path (with one warning that says why); elsewhere the
+    PyTorch path.
+
     Raises:
         ValueError: unknown backend name.
-        RuntimeError: an explicitly requested backend that cannot run here.
+        RuntimeError: an explicitly requested backend that cannot run here (the message gives
+            the versions found and needed).
     """
     if backend not in BACKENDS:
         raise ValueError(f'Unknown selective-scan backend {backend!r}; valid: {BACKENDS}.')
     device = torch.device(device)
-    if backend == 'auto':
-        return 'triton' if device.type == 'cuda' and _triton_available() else 'torch'
     if backend == 'torch':
         return backend
+    if backend == 'auto':
+        if device.type != 'cuda':
+            return 'torch'
+        reason = _triton_unavailable(device)
+        if reason is None:
+            return 'triton'
+        fallback = 'mamba_ssm' if _mamba_available() else 'torch'
+        _warn_once(f'mmlocalmamba: the Triton scan kernels cannot run ({reason}); '
+                   f'scan_backend="auto" uses the {fallback!r} path on CUDA instead '
+                   f'(much slower for "torch").')
+        return fallback
     if device.type != 'cuda':
         raise RuntimeError(f'Selective-scan backend {backend!r} needs CUDA tensors, got '
                            f'{device}; use backend="torch" or "auto".')
-    if backend == 'triton' and not _triton_available():
-        raise RuntimeError('Selective-scan backend "triton" requested but triton is not usable.')
+    if backend == 'triton':
+        reason = _triton_unavailable(device)
+        if reason is not None:
+            raise RuntimeError(f'Selective-scan backend "triton" requested but {reason}; '
+                               f'install a newer triton or use scan_backend="auto".')
     if backend == 'mamba_ssm' and not _mamba_available():
         raise RuntimeError('Selective-scan backend "mamba_ssm" requested but mamba-ssm is not '
                            'installed (pip install mmlocalmamba[mamba]).')
@@ -203,10 +236,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, softplus=False,
                    backend: str = 'auto'):
-    """Selective scan through the chosen backend (see the module docstring)."""
+    """Selective scan through the chosen backend (see the module docstring).
+
+    float64 inputs always run the PyTorch path (the GPU kernels keep an fp32 state).
+    """
     backend = resolve_backend(backend, u.device)
+    if u.dtype == torch.float64 or u.numel() == 0:
+        backend = 'torch'
     if backend == 'triton':
-        from .triton_scan import selective_scan_triton
+        from .triton.scan import selective_scan_triton
         return selective_scan_triton(u, delta, A, B, C, D, delta_bias, softplus)
     if backend == 'mamba_ssm':
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn

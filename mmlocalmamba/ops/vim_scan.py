@@ -12,48 +12,16 @@ for the middle-class-token variant, the class token inserted at index ``cls_pos`
 (padded) sequence. Directions of different lengths are end-padded with zeros to a common
 length and scanned together; as conv and scan are causal, end padding changes nothing.
 """
-from functools import lru_cache
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .scan_orders import gather_index, inverse_index
+from .scan_orders import stacked_gather_index, stacked_inverse_index
 from .selective_scan import selective_scan
 
 __all__ = ['vim_gather_index', 'vim_inverse_index', 'vim_multi_scan', 'vim_multi_reverse',
            'local_vim_scan']
-
-
-@lru_cache(maxsize=512)
-def _vim_tables(height: int, width: int, directions: Tuple[str, ...], cls_pos: Optional[int],
-                official_v_reverse: bool, device: torch.device):
-    num = height * width
-    pad_token, cls_token = num, num + 1
-    gathers, inverses = [], []
-    for d in directions:
-        gather = gather_index(height, width, d)
-        inverse = inverse_index(height, width, d, official_v_reverse)
-        if cls_pos is not None:
-            gather = torch.cat([gather[:cls_pos], gather.new_tensor([cls_token]),
-                                gather[cls_pos:]])
-            inverse = inverse + (inverse >= cls_pos).long()
-            inverse = torch.cat([inverse[:cls_pos], inverse.new_tensor([cls_pos]),
-                                 inverse[cls_pos:]])
-        gathers.append(gather)
-        inverses.append(inverse)
-    length = max(g.numel() for g in gathers)
-    gather = torch.full((len(directions), length), pad_token, dtype=torch.long)
-    for k, g in enumerate(gathers):
-        gather[k, :g.numel()] = g
-    inverse = torch.stack([inv + k * length for k, inv in enumerate(inverses)])
-    return gather.to(device), inverse.to(device)
-
-
-def _check_cls_pos(height: int, width: int, cls_pos: Optional[int]) -> None:
-    if cls_pos is not None and not 0 <= cls_pos <= height * width:
-        raise ValueError(f'cls_pos must be in [0, {height * width}] for a {height}x{width} grid, '
-                         f'got {cls_pos}.')
 
 
 def vim_gather_index(height: int, width: int, directions: Sequence[str],
@@ -61,8 +29,7 @@ def vim_gather_index(height: int, width: int, directions: Sequence[str],
                      device: torch.device = torch.device('cpu')) -> torch.Tensor:
     """Stacked scan tables ``(K, L)`` into a token table of ``H*W`` grid tokens, then one zero
     padding token (index ``H*W``) and the class token (index ``H*W + 1``)."""
-    _check_cls_pos(height, width, cls_pos)
-    return _vim_tables(height, width, tuple(directions), cls_pos, False, torch.device(device))[0]
+    return stacked_gather_index(height, width, directions, device, cls_pos)
 
 
 def vim_inverse_index(height: int, width: int, directions: Sequence[str],
@@ -70,9 +37,7 @@ def vim_inverse_index(height: int, width: int, directions: Sequence[str],
                       device: torch.device = torch.device('cpu')) -> torch.Tensor:
     """Stacked reverse tables ``(K, T)`` into the flattened ``(K * L)`` sequences, with
     ``T = H*W`` (+1 with a class token, which comes back at ``cls_pos``)."""
-    _check_cls_pos(height, width, cls_pos)
-    return _vim_tables(height, width, tuple(directions), cls_pos, bool(official_v_reverse),
-                       torch.device(device))[1]
+    return stacked_inverse_index(height, width, directions, official_v_reverse, device, cls_pos)
 
 
 def vim_multi_scan(tokens: torch.Tensor, height: int, width: int, directions: Sequence[str],
@@ -99,7 +64,7 @@ def vim_multi_scan(tokens: torch.Tensor, height: int, width: int, directions: Se
                            tokens[..., cls_pos:cls_pos + 1]], dim=-1)
     index = vim_gather_index(height, width, directions, cls_pos, tokens.device)
     seqs = table.index_select(-1, index.flatten())
-    return seqs.view(batch, channels, len(directions), -1).transpose(1, 2)
+    return seqs.view(batch, channels, len(directions), index.shape[1]).transpose(1, 2)
 
 
 def vim_multi_reverse(seqs: torch.Tensor, height: int, width: int, directions: Sequence[str],
@@ -111,7 +76,7 @@ def vim_multi_reverse(seqs: torch.Tensor, height: int, width: int, directions: S
                               seqs.device)
     flat = seqs.transpose(1, 2).reshape(batch, channels, num_dirs * length)
     out = flat.index_select(-1, index.flatten())
-    return out.view(batch, channels, num_dirs, -1).transpose(1, 2)
+    return out.view(batch, channels, num_dirs, index.shape[1]).transpose(1, 2)
 
 
 def local_vim_scan(xz: torch.Tensor,

@@ -83,12 +83,15 @@ def build_search_model(model: Union[str, nn.Module], num_classes: int,
     if isinstance(model, str):
         import timm
 
-        from .. import registry  # noqa: F401  (registers the LocalMamba models with timm)
-        if model not in timm.list_models(model):
+        from ..models.timm_models import TIMM_MODELS
+        kwargs = dict(pretrained=False, num_classes=num_classes, **(model_kwargs or {}))
+        if model in TIMM_MODELS:
+            model = TIMM_MODELS[model](**kwargs)
+        elif timm.is_model(model):
+            model = timm.create_model(model, **kwargs)
+        else:
             raise ValueError(f'Unknown timm model {model!r}; LocalMamba models: '
-                             f'{timm.list_models("local_*")}.')
-        model = timm.create_model(model, pretrained=False, num_classes=num_classes,
-                                  **(model_kwargs or {}))
+                             f'{sorted(TIMM_MODELS)}.')
     elif model_kwargs:
         raise ValueError('model_kwargs only apply when the model is given by name.')
     if not search_layers(model):

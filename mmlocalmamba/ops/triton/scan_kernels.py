@@ -1,6 +1,6 @@
-"""Triton kernels of the fused multi-direction selective scan, v3 (imported lazily, needs triton).
+"""Triton kernels of the fused multi-direction selective scan (imported lazily, needs triton).
 
-See :mod:`mmlocalmamba.ops.triton_scan` for the tensors and docs/kernel_notes.md for the design
+See :mod:`mmlocalmamba.ops.triton.scan` for the tensors and docs/kernel_notes.md for the design
 and its measurements. The work split:
 
 * **Sequential steps, state tile in registers.** A program (one warp) owns ``CH * DL`` channels
@@ -189,7 +189,7 @@ def _load_dskip(dskip_ptr, tkd, dmask, DL: tl.constexpr, CH: tl.constexpr,
 
 
 @triton.jit(do_not_specialize=['tab_sd'])
-def v3_fwd_kernel(
+def scan_fwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
         w_ptr,
@@ -300,7 +300,7 @@ def v3_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=['tab_sd'])
-def v3_combine_kernel(a2_ptr, hs_ptr, ds_ptr, num_seg, num_dirs, num_ch, tab_sd,
+def segment_combine_kernel(a2_ptr, hs_ptr, ds_ptr, num_seg, num_dirs, num_ch, tab_sd,
                       N: tl.constexpr, CH: tl.constexpr, DL: tl.constexpr,
                       REVERSE: tl.constexpr):
     """Segment carries in place: ``hs[s]`` (local end value) becomes the value entering segment
@@ -334,7 +334,7 @@ def v3_combine_kernel(a2_ptr, hs_ptr, ds_ptr, num_seg, num_dirs, num_ch, tab_sd,
 
 
 @triton.jit(do_not_specialize=['tab_sd'])
-def v3_rev_summary_kernel(
+def scan_rev_summary_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
         w_ptr,
@@ -424,7 +424,7 @@ def _chan_sum_add(row, s_v, x, lane, mask, DL: tl.constexpr, V: tl.constexpr,
 
 
 @triton.jit(do_not_specialize=['tab_sd'])
-def v3_bwd_kernel(
+def scan_bwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
         w_ptr,
