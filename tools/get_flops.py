@@ -5,7 +5,7 @@
     python tools/get_flops.py configs/mmdet/maskrcnn_localvmamba_t.py --shape 800 1344
 
 Selective scans are counted with the 9*B*L*D*N rule of the official code (see
-mmlocalmamba/utils/flops.py); 1 multiply-accumulate = 1 FLOP. For LocalVim models two numbers are
+mmlocalmamba/models/flops.py); 1 multiply-accumulate = 1 FLOP. For LocalVim models two numbers are
 printed: the full count (all K per-direction projections) and the paper's count (the official
 analytic VisionMamba.flops(), which counts one of the K per-direction conv1d/x_proj/dt_proj).
 """
@@ -18,7 +18,8 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 import torch  # noqa: E402
 
 import mmlocalmamba  # noqa: E402,F401
-from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops  # noqa: E402
+from mmlocalmamba.models.flops import local_vim_paper_flops  # noqa: E402
+from mmlocalmamba.utils.flops import count_flops, count_params  # noqa: E402
 
 PRESETS = {
     'local_vssm_tiny': dict(type='LocalVMambaClassifier', arch='tiny'),

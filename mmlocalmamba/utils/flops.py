@@ -1,19 +1,14 @@
-"""Parameter and FLOP counts of the LocalMamba models.
+"""Parameter and FLOP counts: the generic counter.
 
 Counting rules (1 multiply-accumulate = 1 FLOP, as fvcore and the paper count):
 
 * ``nn.Linear``: tokens x in x out; ``nn.Conv2d``/``nn.Conv1d``: output elements x
   (in/groups) x kernel size; ``nn.LayerNorm``: 5 per element with affine, 4 without;
   ``nn.AdaptiveAvgPool2d``: 1 per input element. Element-wise activations are not counted.
-* LocalVMamba's SS2D adds its two per-direction projections (x_proj, dt_proj: einsums over the
-  padded common length) and the selective scan with the usual ``9 * B * L * D * N + B * D * L``
-  rule (L = padded common length, D = K x inner channels), as the official ``VSSM.flops()`` does.
-* LocalVim's mixer adds, for **each** of its K directions (sequence length L_k, window padding and
-  a class token included): the causal conv1d (``Di * (L_k + d_conv - 1) * d_conv``, fvcore's count
-  of the padded conv), x_proj, dt_proj and the scan with the same ``9 * L * D * N + D * L`` rule.
-  This is the *full* count. The paper's LocalVim numbers come from the official analytic
-  ``VisionMamba.flops()``, which counts conv1d, x_proj and dt_proj once per layer (one of the K
-  directions) and ``5 * D * L * N + 2 * D * L`` per scan: :func:`local_vim_paper_flops`.
+* Any other module type counts through a rule registered with :func:`register_flop_rule`. The
+  LocalMamba layers register theirs beside them, in :mod:`mmlocalmamba.models.flops` (the
+  selective scans, the per-direction projections and LocalVim's per-direction conv1d); this
+  module imports no model.
 
 Counting uses forward hooks on one forward pass, so it follows the actual input size.
 """
@@ -22,9 +17,9 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['count_flops', 'count_params', 'register_flop_rule', 'local_vim_paper_flops']
+__all__ = ['count_flops', 'count_params', 'register_flop_rule']
 
-# Extra rules for project modules: type -> fn(module, inputs, output) -> flops.
+# Rules registered for other module types: type -> fn(module, inputs, output) -> flops.
 _RULES: Dict[type, Callable] = {}
 
 
@@ -66,76 +61,6 @@ _BUILTIN = {
 }
 
 
-def _register_project_rules() -> None:
-    from ..models.local_vmamba import SS2D
-    from ..ops.scan_orders import scan_length
-
-    _register_local_vim_rule()
-    if SS2D in _RULES:
-        return
-
-    @register_flop_rule(SS2D)
-    def _ss2d(m: SS2D, inputs, output) -> int:
-        batch, height, width, _ = inputs[0].shape
-        length = max(scan_length(height, width, d) for d in m.directions)
-        k, di, n, r = len(m.directions), m.d_inner, m.d_state, m.dt_rank
-        x_proj = batch * k * length * di * (r + 2 * n)
-        dt_proj = batch * k * length * r * di
-        scan = 9 * batch * length * k * di * n + batch * k * di * length
-        return x_proj + dt_proj + scan
-
-
-def _register_local_vim_rule() -> None:
-    from ..models.local_vim import LocalVimMixer
-    from ..ops.scan_orders import scan_length
-
-    if LocalVimMixer in _RULES:
-        return
-
-    @register_flop_rule(LocalVimMixer)
-    def _local_vim_mixer(m: LocalVimMixer, inputs, output) -> int:
-        # in_proj, out_proj and the channel attention are counted through their own modules.
-        tokens, (height, width) = inputs[0], inputs[1]
-        with_cls = len(inputs) > 2 and inputs[2] is not None
-        batch, di, n, r, dc = tokens.shape[0], m.d_inner, m.d_state, m.dt_rank, m.d_conv
-        total = 0
-        for d in m.directions:
-            length = scan_length(height, width, d) + int(with_cls)
-            total += batch * di * (length + dc - 1) * dc  # causal conv1d (padded output)
-            total += batch * length * di * (r + 2 * n)  # x_proj
-            total += batch * length * r * di  # dt_proj
-            total += batch * (9 * length * di * n + di * length)  # selective scan
-        return total
-
-
-def local_vim_paper_flops(model: nn.Module, input_hw: Tuple[int, int] = (224, 224),
-                          num_classes: int = 1000) -> int:
-    """LocalVim FLOPs as the paper counts them (the official analytic ``VisionMamba.flops()``).
-
-    Per layer with L tokens: in_proj ``L*C*2Di``; **one** causal conv1d
-    ``(L + d_conv - 1)*Di*d_conv``, **one** x_proj ``L*Di*(R+2N)`` and **one** dt_proj ``L*R*Di``
-    (the model has K of each); per direction ``5*Di*L*N + 2*Di*L``; the channel attention's two
-    linears on the pooled token; out_proj ``L*Di*C``; ``L*C`` for the norm. Plus the patch
-    embedding conv and a ``C * num_classes`` head. L ignores window padding and class tokens.
-    Gives 1.482 G (LocalVim-T) and 4.771 G (LocalVim-S) at 224x224; see :func:`count_flops` for
-    the full count (2.164 G / 6.357 G).
-    """
-    patch = model.patch_size
-    tokens = -(-input_hw[0] // patch) * -(-input_hw[1] // patch)
-    dim = model.embed_dim
-    flops = tokens * dim * model.patch_embed.proj.in_channels * patch * patch
-    for layer in model.layers:
-        mixer = layer.mixer
-        di, n, r = mixer.d_inner, mixer.d_state, mixer.dt_rank
-        flops += tokens * dim * 2 * di
-        flops += (tokens + mixer.d_conv - 1) * di * mixer.d_conv
-        flops += tokens * di * (r + 2 * n) + tokens * r * di
-        flops += len(mixer.directions) * (5 * di * tokens * n + 2 * di * tokens)
-        flops += 2 * di * mixer.attn.global_reduce.out_features
-        flops += tokens * di * dim + tokens * dim
-    return flops + dim * num_classes
-
-
 def count_params(model: nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
@@ -150,7 +75,6 @@ def count_flops(model: nn.Module,
     Returns:
         dict: ``{'total': int, '<ModuleType>': int, ...}``.
     """
-    _register_project_rules()
     rules = dict(_BUILTIN)
     rules.update(_RULES)
     counts: Dict[str, int] = {}
