@@ -5,11 +5,14 @@ scanned as one selective scan over ``K * D`` channels. The function below is the
 every backend implements; the ``'torch'`` implementation (the reference) is written out here,
 the fused Triton one lives in :mod:`mmlocalmamba.ops.triton.scan`.
 """
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from .scan_orders import kernel_tables, multi_reverse, multi_scan
+from .custom_ops import (HAS_CUSTOM_OPS, autocast_dtype, grads_like, recompute_grads,
+                         use_custom_ops)
+from .scan_orders import (direction_code, direction_name, kernel_tables, multi_reverse,
+                          multi_scan)
 from .selective_scan import resolve_backend, selective_scan
 
 __all__ = ['local_selective_scan']
@@ -46,7 +49,21 @@ def local_selective_scan(x: torch.Tensor,
     Returns:
         (B, K, H * W, D) scan outputs in row-major token order, in the dtype
         ``promote(x.dtype, float32)``.
+
+    Under ``torch.compile`` / ``torch.jit.trace`` the call goes through the custom operator
+    ``torch.ops.mmlocalmamba.local_scan`` (same values; see :mod:`.custom_ops`).
     """
+    if use_custom_ops():
+        return torch.ops.mmlocalmamba.local_scan(
+            x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+            [direction_code(d) for d in directions], bool(official_v_reverse), backend,
+            autocast_dtype(x.device))
+    return _local_scan_eager(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                             directions, official_v_reverse, backend)
+
+
+def _local_scan_eager(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, directions,
+                      official_v_reverse, backend):
     backend = resolve_backend(backend, x.device)
     batch, channels, height, width = x.shape
     if backend == 'triton' and x.dtype != torch.float64 and batch > 0:
@@ -78,3 +95,110 @@ def local_selective_scan(x: torch.Tensor,
     ).view(batch, num_dirs, channels, length)
     ys = multi_reverse(ys, height, width, directions, official_v_reverse)
     return ys.transpose(2, 3)
+
+
+# ----------------------------------------------------------------------------- custom operator
+def _fused_possible(x: torch.Tensor, backend: str) -> bool:
+    return (x.dtype != torch.float64 and x.shape[0] > 0
+            and resolve_backend(backend, x.device) == 'triton')
+
+
+def _projected(x, x_proj_weight, nstate, proj_dtype):
+    """Channels-last tokens (B, L, D) and their projection x_dbl (B, L, CT) in ``proj_dtype``
+    (the autocast dtype of the caller; None: the promoted input dtype), autocast off."""
+    from .triton.scan import projection_weight
+    batch, channels, height, width = x.shape
+    x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    weight = projection_weight(x_proj_weight, nstate)
+    dtype = proj_dtype or torch.promote_types(x.dtype, weight.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        return x_cl, torch.matmul(x_cl.to(dtype), weight.to(dtype).t())
+
+
+def _local_scan_op_impl(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, codes,
+                        official_v_reverse, backend, proj_dtype):
+    directions = [direction_name(c) for c in codes]
+    if not _fused_possible(x, backend):
+        return _local_scan_eager(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                                 directions, official_v_reverse, 'torch').contiguous()
+    from .triton.scan import local_scan_forward
+    x_cl, x_dbl = _projected(x, x_proj_weight, A_logs.shape[-1], proj_dtype)
+    tables = kernel_tables(x.shape[2], x.shape[3], directions, official_v_reverse, x.device)
+    return local_scan_forward(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables,
+                              A_logs.shape[-1])[0]
+
+
+def _local_scan_op_backward_impl(dy, x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
+                                 Ds, codes, official_v_reverse, backend, proj_dtype):
+    directions = [direction_name(c) for c in codes]
+    inputs = (x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    if not _fused_possible(x, backend):
+        return recompute_grads(
+            lambda *t: _local_scan_eager(*t, directions, official_v_reverse, 'torch'), inputs,
+            dy)
+    from .triton.scan import local_scan_backward, projection_weight
+    nstate = A_logs.shape[-1]
+    x_cl, x_dbl = _projected(x, x_proj_weight, nstate, proj_dtype)
+    tables = kernel_tables(x.shape[2], x.shape[3], directions, official_v_reverse, x.device)
+    dx_cl, dx_dbl, d_dtw, d_bias, d_alog, d_ds = local_scan_backward(
+        dy, x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables, nstate)
+    # through x_dbl = x_cl @ W^T, W = projection_weight(x_proj_weight)
+    with torch.autocast(x.device.type, enabled=False), torch.enable_grad():
+        xpw = x_proj_weight.detach().requires_grad_(True)
+        weight = projection_weight(xpw, nstate)
+        dx_dbl = dx_dbl.to(x_dbl.dtype)
+        dx_cl = dx_cl + torch.matmul(dx_dbl, weight.to(x_dbl.dtype)).to(dx_cl.dtype)
+        d_weight = torch.matmul(dx_dbl.flatten(0, 1).t(), x_cl.flatten(0, 1).to(x_dbl.dtype))
+        d_xpw, = torch.autograd.grad(weight, xpw, d_weight.to(weight.dtype))
+    batch, channels, height, width = x.shape
+    dx = dx_cl.view(batch, height, width, channels).permute(0, 3, 1, 2).to(x.dtype)
+    return [dx, d_xpw, d_dtw, d_bias, d_alog, d_ds]
+
+
+if HAS_CUSTOM_OPS:
+
+    @torch.library.custom_op('mmlocalmamba::local_scan', mutates_args=())
+    def _local_scan_op(x: torch.Tensor, x_proj_weight: torch.Tensor,
+                       dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor,
+                       A_logs: torch.Tensor, Ds: torch.Tensor, codes: List[int],
+                       official_v_reverse: bool, backend: str,
+                       proj_dtype: Optional[torch.dtype]) -> torch.Tensor:
+        """:func:`local_selective_scan` as an operator (directions as :func:`direction_code`
+        integers; ``proj_dtype``: the caller's autocast dtype for the projection GEMM)."""
+        return _local_scan_op_impl(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                                   codes, official_v_reverse, backend, proj_dtype)
+
+    @_local_scan_op.register_fake
+    def _(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, codes,
+          official_v_reverse, backend, proj_dtype):
+        batch, channels, height, width = x.shape
+        return x.new_empty((batch, len(codes), height * width, channels),
+                           dtype=torch.promote_types(x.dtype, torch.float32))
+
+    @torch.library.custom_op('mmlocalmamba::local_scan_backward', mutates_args=())
+    def _local_scan_backward_op(dy: torch.Tensor, x: torch.Tensor, x_proj_weight: torch.Tensor,
+                                dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor,
+                                A_logs: torch.Tensor, Ds: torch.Tensor, codes: List[int],
+                                official_v_reverse: bool, backend: str,
+                                proj_dtype: Optional[torch.dtype]) -> List[torch.Tensor]:
+        """Gradients of ``mmlocalmamba::local_scan`` w.r.t. its six tensor inputs."""
+        inputs = (x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+        grads = _local_scan_op_backward_impl(dy.contiguous(), *inputs, codes,
+                                             official_v_reverse, backend, proj_dtype)
+        return grads_like(grads, inputs)
+
+    @_local_scan_backward_op.register_fake
+    def _(dy, x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, codes,
+          official_v_reverse, backend, proj_dtype):
+        return [torch.empty_like(t) for t in (x, x_proj_weight, dt_projs_weight, dt_projs_bias,
+                                              A_logs, Ds)]
+
+    def _setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:6])
+        ctx.args = inputs[6:]
+
+    def _backward(ctx, dy):
+        grads = torch.ops.mmlocalmamba.local_scan_backward(dy, *ctx.saved_tensors, *ctx.args)
+        return tuple(grads) + (None, ) * 4
+
+    _local_scan_op.register_autograd(_backward, setup_context=_setup_context)

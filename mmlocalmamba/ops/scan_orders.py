@@ -31,7 +31,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    'ALL_DIRECTIONS', 'parse_direction', 'check_direction', 'scan_length', 'gather_index',
+    'ALL_DIRECTIONS', 'parse_direction', 'check_direction', 'direction_code', 'direction_name',
+    'scan_length', 'gather_index',
     'inverse_index', 'stacked_tables', 'stacked_gather_index', 'stacked_inverse_index',
     'ScanTables', 'kernel_tables', 'scan', 'reverse', 'multi_scan', 'multi_reverse',
     'direction_lists'
@@ -62,6 +63,36 @@ def parse_direction(direction: str) -> Tuple[str, int, bool]:
     if head.startswith('w'):
         return 'w', int(window), flip is not None
     return head, 0, flip is not None
+
+
+def direction_code(direction: str) -> int:
+    """A direction as one integer (for operator schemas): ``window << 3 | kind << 1 | flip``
+    with kind 0 (h), 1 (v), 2 (w); :func:`direction_name` is its inverse.
+
+    Written with string methods only (no regular expression), so that ``torch.compile`` folds
+    it to a constant.
+    """
+    flip = isinstance(direction, str) and direction.endswith('_flip')
+    base = direction[:-len('_flip')] if flip else direction
+    if base == 'h':
+        return int(flip)
+    if base == 'v':
+        return 2 | int(flip)
+    if (isinstance(base, str) and base.startswith('w') and base[1:].isdigit()
+            and not base[1:].startswith('0')):
+        return (int(base[1:]) << 3) | 4 | int(flip)
+    parse_direction(direction)  # raises the error that lists the valid forms
+    raise ValueError(f'Unknown scan direction {direction!r}.')
+
+
+def direction_name(code: int) -> str:
+    """The direction name of :func:`direction_code`'s integer."""
+    code = int(code)
+    kind, window, flip = (code >> 1) & 3, code >> 3, code & 1
+    if kind == 3 or (kind == 2) != (window > 0):
+        raise ValueError(f'{code} is not a direction code.')
+    name = ('h', 'v', f'w{window}')[kind]
+    return name + ('_flip' if flip else '')
 
 
 def check_direction(direction: str) -> str:

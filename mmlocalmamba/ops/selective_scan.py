@@ -92,10 +92,12 @@ class _LinearRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, decay, inp):
-        states = _recurrence_(decay, inp.clone())
-        ctx.save_for_backward(decay, states)
-        return states
+    def forward(decay, inp):
+        return _recurrence_(decay, inp.clone())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # (the form torch.func transforms accept)
+        ctx.save_for_backward(inputs[0], output)
 
     @staticmethod
     def backward(ctx, grad):

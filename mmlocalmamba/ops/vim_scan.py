@@ -12,12 +12,15 @@ for the middle-class-token variant, the class token inserted at index ``cls_pos`
 (padded) sequence. Directions of different lengths are end-padded with zeros to a common
 length and scanned together; as conv and scan are causal, end padding changes nothing.
 """
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .scan_orders import stacked_gather_index, stacked_inverse_index
+from .custom_ops import (HAS_CUSTOM_OPS, autocast_dtype, grads_like, recompute_grads,
+                         use_custom_ops)
+from .scan_orders import (direction_code, direction_name, stacked_gather_index,
+                          stacked_inverse_index)
 from .selective_scan import selective_scan
 
 __all__ = ['vim_gather_index', 'vim_inverse_index', 'vim_multi_scan', 'vim_multi_reverse',
@@ -114,7 +117,23 @@ def local_vim_scan(xz: torch.Tensor,
 
     Returns:
         (B, K, T, Di) gated scan outputs, row-major tokens, in the dtype of ``xz``.
+
+    Under ``torch.compile`` / ``torch.jit.trace`` the call goes through the custom operator
+    ``torch.ops.mmlocalmamba.vim_scan`` (same values).
     """
+    if use_custom_ops():
+        return torch.ops.mmlocalmamba.vim_scan(
+            xz, height, width, [direction_code(d) for d in directions], conv_weight, conv_bias,
+            x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cls_pos,
+            bool(official_v_reverse), backend, autocast_dtype(xz.device))
+    return _vim_scan_eager(xz, height, width, directions, conv_weight, conv_bias, x_proj_weight,
+                           dt_proj_weight, dt_proj_bias, A_log, D, cls_pos, official_v_reverse,
+                           backend)
+
+
+def _vim_scan_eager(xz, height, width, directions, conv_weight, conv_bias, x_proj_weight,
+                    dt_proj_weight, dt_proj_bias, A_log, D, cls_pos, official_v_reverse,
+                    backend):
     batch = xz.shape[0]
     num_dirs, d_inner, d_conv = conv_weight.shape
     rank = dt_proj_weight.shape[-1]
@@ -144,3 +163,91 @@ def local_vim_scan(xz: torch.Tensor,
     y = y.view(batch, num_dirs, d_inner, length) * F.silu(z)
     y = vim_multi_reverse(y, height, width, directions, cls_pos, official_v_reverse)
     return y.transpose(2, 3)
+
+
+# ----------------------------------------------------------------------------- custom operator
+_TENSOR_ARGS = ('xz', 'conv_weight', 'conv_bias', 'x_proj_weight', 'dt_proj_weight',
+                'dt_proj_bias', 'A_log', 'D')
+
+
+def _vim_op_call(tensors, height, width, codes, cls_pos, official_v_reverse, backend,
+                 amp_dtype):
+    """The eager scan under the caller's autocast state (``amp_dtype``), the output in
+    ``amp_dtype or xz.dtype``."""
+    xz, conv_w, conv_b, xpw, dtw, dtb, a_log, d_skip = tensors
+    directions = [direction_name(c) for c in codes]
+    with torch.autocast(xz.device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        y = _vim_scan_eager(xz, height, width, directions, conv_w, conv_b, xpw, dtw, dtb, a_log,
+                            d_skip, cls_pos, official_v_reverse, backend)
+    return y.to(amp_dtype or xz.dtype)
+
+
+if HAS_CUSTOM_OPS:
+
+    @torch.library.custom_op('mmlocalmamba::vim_scan', mutates_args=())
+    def _vim_op(xz: torch.Tensor, height: int, width: int, codes: List[int],
+                conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+                x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor,
+                dt_proj_bias: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
+                cls_pos: Optional[int], official_v_reverse: bool, backend: str,
+                amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
+        """:func:`local_vim_scan` as an operator (directions as ``direction_code`` integers;
+        ``amp_dtype``: the caller's autocast dtype)."""
+        tensors = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                   A_log, D)
+        return _vim_op_call(tensors, height, width, codes, cls_pos, official_v_reverse,
+                            backend, amp_dtype).contiguous()
+
+    @_vim_op.register_fake
+    def _(xz, height, width, codes, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+          dt_proj_bias, A_log, D, cls_pos, official_v_reverse, backend, amp_dtype):
+        tokens = height * width + (cls_pos is not None)
+        return xz.new_empty((xz.shape[0], len(codes), tokens, conv_weight.shape[1]),
+                            dtype=amp_dtype or xz.dtype)
+
+    @torch.library.custom_op('mmlocalmamba::vim_scan_backward', mutates_args=())
+    def _vim_backward_op(dy: torch.Tensor, xz: torch.Tensor, height: int, width: int,
+                         codes: List[int], conv_weight: torch.Tensor,
+                         conv_bias: Optional[torch.Tensor], x_proj_weight: torch.Tensor,
+                         dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor,
+                         A_log: torch.Tensor, D: torch.Tensor, cls_pos: Optional[int],
+                         official_v_reverse: bool, backend: str,
+                         amp_dtype: Optional[torch.dtype]) -> List[torch.Tensor]:
+        """Gradients of ``mmlocalmamba::vim_scan`` w.r.t. its tensor inputs (zeros for an
+        absent conv bias)."""
+        tensors = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                   A_log, D)
+        grads = recompute_grads(
+            lambda *t: _vim_op_call(t, height, width, codes, cls_pos, official_v_reverse,
+                                    backend, amp_dtype), tensors, dy)
+        present = [t if t is not None else conv_weight.new_zeros(0) for t in tensors]
+        return grads_like(grads, present)
+
+    @_vim_backward_op.register_fake
+    def _(dy, xz, height, width, codes, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+          dt_proj_bias, A_log, D, cls_pos, official_v_reverse, backend, amp_dtype):
+        tensors = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                   A_log, D)
+        return [torch.empty_like(t) if t is not None else conv_weight.new_empty(0)
+                for t in tensors]
+
+    def _setup_context(ctx, inputs, output):
+        (xz, height, width, codes, conv_w, conv_b, xpw, dtw, dtb, a_log, d_skip, cls_pos,
+         official_v_reverse, backend, amp_dtype) = inputs
+        ctx.save_for_backward(xz, conv_w, xpw, dtw, dtb, a_log, d_skip,
+                              *(() if conv_b is None else (conv_b, )))
+        ctx.args = (height, width, codes, cls_pos, official_v_reverse, backend, amp_dtype)
+        ctx.has_bias = conv_b is not None
+
+    def _backward(ctx, dy):
+        xz, conv_w, xpw, dtw, dtb, a_log, d_skip, *bias = ctx.saved_tensors
+        height, width, codes, cls_pos, official_v_reverse, backend, amp_dtype = ctx.args
+        grads = torch.ops.mmlocalmamba.vim_scan_backward(
+            dy, xz, height, width, codes, conv_w, bias[0] if bias else None, xpw, dtw, dtb,
+            a_log, d_skip, cls_pos, official_v_reverse, backend, amp_dtype)
+        dxz, dconv_w, dconv_b, dxpw, ddtw, ddtb, da, dd = grads
+        return (dxz, None, None, None, dconv_w, dconv_b if ctx.has_bias else None, dxpw, ddtw,
+                ddtb, da, dd, None, None, None, None)
+
+    _vim_op.register_autograd(_backward, setup_context=_setup_context)

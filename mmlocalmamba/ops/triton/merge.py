@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from .common import cdiv, interpreting, unavailable_reason
 
-__all__ = ['scattn_merge_triton']
+__all__ = ['scattn_merge_triton', 'merge_forward', 'merge_backward']
 
 
 def _kernels():
@@ -155,76 +155,98 @@ def _no_autocast(device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+def merge_forward(ys, params, attn_eps, out_eps, tile_elements=TILE_ELEMENTS):
+    """The forward passes of the fused merge.
+
+    Args:
+        ys: (B, K, L, C) CUDA tensor (fp32 / bf16 / fp16, any strides).
+        params: the 8 parameter tensors (attn_w, attn_b, w1, b1, w2, b2, out_w, out_b).
+
+    Returns:
+        (out, saved): out (B, L, C) float32; saved = (gate (B, K, C), m (B, K, C), mean (B, L),
+        rstd (B, L)), all float32, what :func:`merge_backward` needs.
+    """
+    batch, num_dirs, length, num_ch = ys.shape
+    dev = ys.device
+    bl, cp, warps = _tile(num_ch, tile_elements)
+    nblk = cdiv(length, bl)
+    grid = (nblk, batch)  # row blocks on axis 0: no 65535 limit on cdiv(L, BL)
+    aw, ab, pw1, pb1, pw2, pb2, ow, ob = _fp32(params)
+    kern = _kernels()
+    part = torch.empty((batch, nblk, num_dirs, num_ch), dtype=torch.float32, device=dev)
+    kern._stats_kernel[grid](ys, *ys.stride(), part, num_dirs, length, num_ch, attn_eps, BL=bl,
+                             CP=cp, num_warps=warps)
+    m = part.sum(1).div_(length)  # (B, K, C): token mean of xhat
+    with _no_autocast(dev):
+        gate = _gate_mlp(m, aw, ab, pw1, pb1, pw2, pb2).contiguous()
+    out = torch.empty((batch, length, num_ch), dtype=torch.float32, device=dev)
+    mean = torch.empty((batch, length), dtype=torch.float32, device=dev)
+    rstd = torch.empty((batch, length), dtype=torch.float32, device=dev)
+    kern._combine_kernel[grid](ys, *ys.stride(), gate, ow, ob, out, mean, rstd, num_dirs, length,
+                               num_ch, out_eps, BL=bl, CP=cp, num_warps=warps)
+    return out, (gate, m, mean, rstd)
+
+
+def merge_backward(dout, ys, params, saved, attn_eps, need_dys=True,
+                   tile_elements=TILE_ELEMENTS):
+    """Gradients (d ys, then one per parameter, in the parameters' dtypes) of
+    :func:`merge_forward` for ``dout`` (B, L, C), any strides; d ys is None unless
+    ``need_dys``."""
+    gate, m, mean, rstd = saved
+    batch, num_dirs, length, num_ch = ys.shape
+    dev = ys.device
+    bl, cp, warps = _tile(num_ch, tile_elements)
+    nblk = cdiv(length, bl)
+    grid = (nblk, batch)
+    aw, ab, pw1, pb1, pw2, pb2, ow, ob = _fp32(params)
+    if dout.dtype != torch.float32:
+        dout = dout.float()
+    kern = _kernels()
+    dacc = torch.empty((batch, length, num_ch), dtype=torch.float32, device=dev)
+    dgate_part = torch.empty((batch, nblk, num_dirs, num_ch), dtype=torch.float32, device=dev)
+    dow_part = torch.empty((batch, nblk, num_ch), dtype=torch.float32, device=dev)
+    dob_part = torch.empty((batch, nblk, num_ch), dtype=torch.float32, device=dev)
+    kern._bwd_a_kernel[grid](ys, *ys.stride(), gate, ow, dout, *dout.stride(), mean, rstd, dacc,
+                             dgate_part, dow_part, dob_part, num_dirs, length, num_ch, BL=bl,
+                             CP=cp, num_warps=warps)
+    dgate = dgate_part.sum(1)
+    d_out_w = dow_part.sum((0, 1))
+    d_out_b = dob_part.sum((0, 1))
+    # the gate MLP's backward (torch.func: it also runs inside operator kernels)
+    with _no_autocast(dev):
+        _, vjp = torch.func.vjp(_gate_mlp, m, aw, ab, pw1, pb1, pw2, pb2)
+        dm, *dparams = vjp(dgate)
+    dys = None
+    if need_dys:
+        dys = torch.empty(ys.shape, dtype=ys.dtype, device=dev)
+        dm_l = (dm / length).contiguous()
+        kern._bwd_b_kernel[grid](ys, *ys.stride(), gate, dm_l, dacc, dys, *dys.stride(),
+                                 num_dirs, length, num_ch, attn_eps, BL=bl, CP=cp,
+                                 num_warps=warps)
+    grads = [g.to(p.dtype) for g, p in zip(dparams + [d_out_w, d_out_b], params)]
+    return [dys] + grads
+
+
+def _fp32(params):
+    return [p.detach().float().contiguous() for p in params]
+
+
 class _ScAttnMergeFn(torch.autograd.Function):
     """Autograd of :func:`scattn_merge_triton` (see the module docstring for the passes)."""
 
     @staticmethod
     def forward(ctx, ys, attn_w, attn_b, attn_eps, w1, b1, w2, b2, out_w, out_b, out_eps,
                 tile_elements):
-        batch, num_dirs, length, num_ch = ys.shape
-        dev = ys.device
-        bl, cp, warps = _tile(num_ch, tile_elements)
-        nblk = cdiv(length, bl)
-        grid = (nblk, batch)  # row blocks on axis 0: no 65535 limit on cdiv(L, BL)
-        params = [p.detach().float().contiguous()
-                  for p in (attn_w, attn_b, w1, b1, w2, b2, out_w, out_b)]
-        aw, ab, pw1, pb1, pw2, pb2, ow, ob = params
-
-        part = torch.empty((batch, nblk, num_dirs, num_ch), dtype=torch.float32, device=dev)
-        _kernels()._stats_kernel[grid](ys, *ys.stride(), part, num_dirs, length, num_ch, attn_eps,
-                            BL=bl, CP=cp, num_warps=warps)
-        m = part.sum(1).div_(length)  # (B, K, C): token mean of xhat
-        with _no_autocast(dev):
-            gate = _gate_mlp(m, aw, ab, pw1, pb1, pw2, pb2).contiguous()
-
-        out = torch.empty((batch, length, num_ch), dtype=torch.float32, device=dev)
-        mean = torch.empty((batch, length), dtype=torch.float32, device=dev)
-        rstd = torch.empty((batch, length), dtype=torch.float32, device=dev)
-        _kernels()._combine_kernel[grid](ys, *ys.stride(), gate, ow, ob, out, mean, rstd, num_dirs,
-                              length, num_ch, out_eps, BL=bl, CP=cp, num_warps=warps)
-
-        ctx.save_for_backward(ys, gate, m, mean, rstd, *params)
+        params = (attn_w, attn_b, w1, b1, w2, b2, out_w, out_b)
+        out, saved = merge_forward(ys, params, attn_eps, out_eps, tile_elements)
+        ctx.save_for_backward(ys, *params, *saved)
         ctx.attn_eps, ctx.tile_elements = attn_eps, tile_elements
-        ctx.param_dtypes = [p.dtype for p in (attn_w, attn_b, w1, b1, w2, b2, out_w, out_b)]
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        ys, gate, m, mean, rstd, aw, ab, pw1, pb1, pw2, pb2, ow, ob = ctx.saved_tensors
-        batch, num_dirs, length, num_ch = ys.shape
-        dev = ys.device
-        bl, cp, warps = _tile(num_ch, ctx.tile_elements)
-        nblk = cdiv(length, bl)
-        grid = (nblk, batch)  # row blocks on axis 0: no 65535 limit on cdiv(L, BL)
-        if dout.dtype != torch.float32:
-            dout = dout.float()
-
-        dacc = torch.empty((batch, length, num_ch), dtype=torch.float32, device=dev)
-        dgate_part = torch.empty((batch, nblk, num_dirs, num_ch), dtype=torch.float32,
-                                 device=dev)
-        dow_part = torch.empty((batch, nblk, num_ch), dtype=torch.float32, device=dev)
-        dob_part = torch.empty((batch, nblk, num_ch), dtype=torch.float32, device=dev)
-        _kernels()._bwd_a_kernel[grid](ys, *ys.stride(), gate, ow, dout, *dout.stride(), mean, rstd, dacc,
-                            dgate_part, dow_part, dob_part, num_dirs, length, num_ch,
-                            BL=bl, CP=cp, num_warps=warps)
-        dgate = dgate_part.sum(1)
-        d_out_w = dow_part.sum((0, 1))
-        d_out_b = dob_part.sum((0, 1))
-
-        leaves = [t.detach().requires_grad_(True) for t in (m, aw, ab, pw1, pb1, pw2, pb2)]
-        with torch.enable_grad(), _no_autocast(dev):
-            gate_re = _gate_mlp(*leaves)
-            dm, *dparams = torch.autograd.grad(gate_re, leaves, dgate)
-
-        dys = None
-        if ctx.needs_input_grad[0]:
-            dys = torch.empty(ys.shape, dtype=ys.dtype, device=dev)
-            dm_l = (dm / length).contiguous()
-            _kernels()._bwd_b_kernel[grid](ys, *ys.stride(), gate, dm_l, dacc, dys, *dys.stride(),
-                                num_dirs, length, num_ch, ctx.attn_eps,
-                                BL=bl, CP=cp, num_warps=warps)
-        grads = [g.to(dt) for g, dt in zip(dparams + [d_out_w, d_out_b], ctx.param_dtypes)]
-        d_aw, d_ab, d_w1, d_b1, d_w2, d_b2, d_ow, d_ob = grads
+        ys, *rest = ctx.saved_tensors
+        params, saved = rest[:8], rest[8:]
+        dys, d_aw, d_ab, d_w1, d_b1, d_w2, d_b2, d_ow, d_ob = merge_backward(
+            dout, ys, params, saved, ctx.attn_eps, ctx.needs_input_grad[0], ctx.tile_elements)
         return dys, d_aw, d_ab, None, d_w1, d_b1, d_w2, d_b2, d_ow, d_ob, None, None
-
-

@@ -40,7 +40,7 @@ from .common import cdiv, interpreting
 from .config import DEFAULT_SCAN_CONFIG, ScanConfig
 
 __all__ = ['local_selective_scan_triton', 'selective_scan_triton', 'projection_weight',
-           'project', 'scan_projected']
+           'project', 'scan_projected', 'local_scan_forward', 'local_scan_backward']
 
 LOG2E = 1.4426950408889634
 
@@ -307,79 +307,106 @@ def _param_tables(A_logs, Ds, bias, num_dirs, num_ch, nstate, w=None, rank=0, rp
     return A, a2, dskip, bias_t, wt
 
 
+def local_scan_forward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate,
+                       config: ScanConfig = DEFAULT_SCAN_CONFIG):
+    """Forward of the fused scan given channels-last tokens and their projection.
+
+    Args:
+        x_cl: (B, L, D) tokens in natural order; x_dbl: (B, L, CT) from :func:`project`;
+        dt_w: (K, D, R); dt_bias: (K, D); A_logs: (K * D, N); Ds: (K * D,);
+        tables: :class:`~mmlocalmamba.ops.scan_orders.ScanTables`; nstate: N.
+
+    Returns:
+        (y, saved): y (B, K, L, D) float32 outputs at natural positions; ``saved`` the derived
+        fp32 parameter tables and segment summaries that :func:`local_scan_backward` can reuse
+        (None: it recomputes them).
+    """
+    batch, num_tokens, num_ch = x_cl.shape
+    num_dirs, _, rank = dt_w.shape
+    full = rank > config.lowrank_max
+    A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate,
+                                           None if full else dt_w, rank, _rank_pad(rank))
+    prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config)
+    y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
+                    device=x_cl.device)
+    prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
+    return y, (A, a2, dskip, bias, wt, prob.summaries)
+
+
+def local_scan_backward(dy, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate,
+                        config: ScanConfig = DEFAULT_SCAN_CONFIG, saved=None):
+    """Gradients (d x_cl, d x_dbl, d dt_w, d dt_bias, d A_logs, d Ds) of
+    :func:`local_scan_forward` for the output gradient ``dy`` (B, K, L, D), any strides."""
+    batch, num_tokens, num_ch = x_cl.shape
+    num_dirs, _, rank = dt_w.shape
+    full = rank > config.lowrank_max
+    if saved is None:
+        saved = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate,
+                              None if full else dt_w, rank, _rank_pad(rank)) + (None, )
+    A, a2, dskip, bias, wt, summaries = saved
+    prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config)
+    prob.summaries = summaries
+    dev = x_cl.device
+    # dy arrives as (B, K, HW, D) with any strides; the kernel takes (b, k, d, l) strides.
+    dys = dy.stride()
+    du_atomic = config.du_atomic and num_dirs > 1
+    if du_atomic:
+        du = torch.zeros((batch, num_tokens, num_ch), dtype=torch.float32, device=dev)
+        du_strides = (du.stride(0), 0, du.stride(2), du.stride(1))
+    else:
+        du = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
+                         device=dev)
+        du_strides = (du.stride(0), du.stride(1), du.stride(3), du.stride(2))
+    dxdbl = torch.zeros(x_dbl.shape, dtype=torch.float32, device=dev)
+    b_strides, dt_strides = _dbl_strides(dxdbl, nstate, _rank_pad(rank))
+    dbv, dcv, ddt = _dbl_views(dxdbl, num_dirs, nstate)
+    if full:
+        # every real token is visited once per direction: ddelta is fully written
+        ddt = torch.empty(prob.dt.shape, dtype=torch.float32, device=dev)
+        dt_strides = _full_delta_strides(ddt)
+    da, dd, dbias, dw = prob.backward(dy, (dys[0], dys[1], dys[3], dys[2]), du, du_strides,
+                                      du_atomic, ddt, dt_strides, dbv, b_strides, dcv,
+                                      b_strides)
+    if full:
+        # delta_raw = dt @ W^T: the two GEMMs of its backward, in the forward GEMM's dtype
+        dt = _dt_view(x_dbl, num_dirs, nstate, rank)
+        ddelta = ddt.to(dt.dtype)
+        _dt_view(dxdbl, num_dirs, nstate, rank).copy_(
+            torch.einsum('blkd,kdr->blkr', ddelta, dt_w.to(dt.dtype)))
+        d_w = torch.einsum('blkd,blkr->kdr', ddelta, dt)
+    else:
+        d_w = dw[:, :rank].transpose(1, 2)
+    dx = du if du_atomic else du.sum(1)
+    d_alog = (da * A).to(A_logs.dtype)
+    return (dx.to(x_cl.dtype), dxdbl.to(x_dbl.dtype), d_w.to(dt_w.dtype),
+            dbias.view_as(dt_bias).to(dt_bias.dtype), d_alog, dd.to(Ds.dtype))
+
+
 class _LocalScanFn(torch.autograd.Function):
     """Autograd of the fused scan given channels-last x and the natural-order projection x_dbl
     (B, L, CT) in the layout of :func:`projection_weight`.
 
-    Low dt ranks: the kernels project dt to delta in registers. ``full`` (ranks above
-    ``ScanConfig.lowrank_max``): ``delta_raw = dt @ dt_projs_weight^T`` (B, L, K, D) is one
+    Low dt ranks: the kernels project dt to delta in registers. Ranks above
+    ``ScanConfig.lowrank_max``: ``delta_raw = dt @ dt_projs_weight^T`` (B, L, K, D) is one
     batched GEMM in the forward and again in the backward (recomputed, not saved), and the
     kernels read it.
     """
 
     @staticmethod
     def forward(ctx, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate, config):
-        batch, num_tokens, num_ch = x_cl.shape
-        num_dirs, _, rank = dt_w.shape
-        full = rank > config.lowrank_max
-        A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate,
-                                               None if full else dt_w, rank, _rank_pad(rank))
-        prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full,
-                             config)
-        y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
-                        device=x_cl.device)
-        prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
+        y, saved = local_scan_forward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate,
+                                      config)
         ctx.save_for_backward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds)
-        ctx.tables, ctx.nstate, ctx.full, ctx.config = tables, nstate, full, config
+        ctx.tables, ctx.nstate, ctx.config = tables, nstate, config
         # derived fp32 tables and segment summaries: reused by the backward (small tensors)
-        ctx.derived = (A, a2, dskip, bias, wt, prob.summaries)
+        ctx.derived = saved
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds = ctx.saved_tensors
-        nstate, full, config = ctx.nstate, ctx.full, ctx.config
-        batch, num_tokens, num_ch = x_cl.shape
-        num_dirs, _, rank = dt_w.shape
-        A, a2, dskip, bias, wt, summaries = ctx.derived
-        prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, ctx.tables, nstate, full,
-                             config)
-        prob.summaries = summaries
-        dev = x_cl.device
-        # dy arrives as (B, K, HW, D) with any strides; the kernel takes (b, k, d, l) strides.
-        dys = dy.stride()
-        du_atomic = config.du_atomic and num_dirs > 1
-        if du_atomic:
-            du = torch.zeros((batch, num_tokens, num_ch), dtype=torch.float32, device=dev)
-            du_strides = (du.stride(0), 0, du.stride(2), du.stride(1))
-        else:
-            du = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
-                             device=dev)
-            du_strides = (du.stride(0), du.stride(1), du.stride(3), du.stride(2))
-        dxdbl = torch.zeros(x_dbl.shape, dtype=torch.float32, device=dev)
-        b_strides, dt_strides = _dbl_strides(dxdbl, nstate, _rank_pad(rank))
-        dbv, dcv, ddt = _dbl_views(dxdbl, num_dirs, nstate)
-        if full:
-            # every real token is visited once per direction: ddelta is fully written
-            ddt = torch.empty(prob.dt.shape, dtype=torch.float32, device=dev)
-            dt_strides = _full_delta_strides(ddt)
-        da, dd, dbias, dw = prob.backward(dy, (dys[0], dys[1], dys[3], dys[2]), du, du_strides,
-                                          du_atomic, ddt, dt_strides, dbv, b_strides, dcv,
-                                          b_strides)
-        if full:
-            # delta_raw = dt @ W^T: the two GEMMs of its backward, in the forward GEMM's dtype
-            dt = _dt_view(x_dbl, num_dirs, nstate, rank)
-            ddelta = ddt.to(dt.dtype)
-            _dt_view(dxdbl, num_dirs, nstate, rank).copy_(
-                torch.einsum('blkd,kdr->blkr', ddelta, dt_w.to(dt.dtype)))
-            d_w = torch.einsum('blkd,blkr->kdr', ddelta, dt)
-        else:
-            d_w = dw[:, :rank].transpose(1, 2)
-        dx = du if du_atomic else du.sum(1)
-        d_alog = (da * A).to(A_logs.dtype)
-        return (dx.to(x_cl.dtype), dxdbl.to(x_dbl.dtype), d_w.to(dt_w.dtype),
-                dbias.view_as(dt_bias).to(dt_bias.dtype), d_alog, dd.to(Ds.dtype), None, None,
-                None)
+        grads = local_scan_backward(dy, *ctx.saved_tensors, ctx.tables, ctx.nstate, ctx.config,
+                                    ctx.derived)
+        return grads + (None, None, None)
 
 
 def _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config):
@@ -523,13 +550,16 @@ class _PlainScanFn(torch.autograd.Function):
     """Autograd of the plain selective scan (natural order, delta given in full)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus, config):
+    def forward(u, delta, A, B, C, D, delta_bias, softplus, config):
         prob, groups = _plain_problem(u, delta, A, B, C, D, delta_bias, softplus, config)
         y = torch.empty_like(u)
         prob.forward(y=y, y_strides=_group_strides(y, groups))
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.softplus, ctx.config = softplus, config
         return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # (the form torch.func transforms accept)
+        ctx.save_for_backward(*inputs[:7])
+        ctx.softplus, ctx.config = inputs[7], inputs[8]
 
     @staticmethod
     def backward(ctx, dy):

@@ -1,0 +1,208 @@
+"""The scans and the SCAttn merge as PyTorch custom operators, and ``torch.compile`` of the models.
+
+CPU: ``torch.library.opcheck`` of every operator (schema, fake function, autograd registration,
+AOT dispatch), and ``torch.compile(fullgraph=True)`` of small LocalVMamba / LocalVim models
+(``aot_eager``: Dynamo capture without a graph break, AOTAutograd through the operators' fake
+functions and autograd formulas; Inductor's C++ code generation takes minutes on 2 cores and
+runs on the GPU instead) equal to eager, forward and backward, at two input sizes.
+GPU (skipped on CPU): opcheck on CUDA tensors, Inductor-compiled models, no Triton compilation
+for a new input size.
+"""
+import pytest
+import torch
+
+import mmlocalmamba  # noqa: F401  (registers the operators)
+from mmlocalmamba.models import LocalVim, LocalVMamba
+from mmlocalmamba.ops.local_scan import local_selective_scan
+from mmlocalmamba.ops.scan_orders import direction_code
+
+from .conftest import gpu, rel_l2
+
+DIRS = ('h', 'v_flip', 'w2', 'w3_flip')
+CODES = [direction_code(d) for d in DIRS]
+
+
+def _local_args(dtype=torch.float64, device='cpu', batch=2, channels=8, height=5, width=7,
+                rank=2, nstate=4):
+    g = torch.Generator().manual_seed(0)
+    k = len(DIRS)
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(
+            device, dtype)
+
+    return [rnd(batch, channels, height, width), rnd(k, rank + 2 * nstate, channels, scale=0.3),
+            rnd(k, channels, rank, scale=0.5), rnd(k, channels, scale=0.5, shift=-1.0),
+            torch.log(torch.rand(k * channels, nstate, generator=g, dtype=torch.float64) * 3 +
+                      0.5).to(device, dtype), rnd(k * channels)]
+
+
+def _merge_args(dtype=torch.float64, device='cpu'):
+    g = torch.Generator().manual_seed(1)
+    batch, k, length, ch, r = 2, 3, 13, 12, 2
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(
+            device, dtype)
+
+    return (rnd(batch, k, length, ch), rnd(ch, scale=0.5, shift=1.0), rnd(ch, scale=0.5), 1e-5,
+            rnd(r, ch, scale=ch**-0.5), rnd(r, scale=0.3), rnd(ch, r, scale=r**-0.5),
+            rnd(ch, scale=0.3), rnd(ch, scale=0.5, shift=1.0), rnd(ch, scale=0.5), 1e-5, 'auto')
+
+
+def _vim_args(cls_pos, bias=True, dtype=torch.float64, device='cpu'):
+    g = torch.Generator().manual_seed(2)
+    batch, di, height, width, k, nstate, rank, d_conv = 2, 8, 3, 5, len(DIRS), 4, 2, 4
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(
+            device, dtype)
+
+    tokens = height * width + (cls_pos is not None)
+    return (rnd(batch, 2 * di, tokens), height, width, CODES, rnd(k, di, d_conv, scale=0.3),
+            rnd(k, di, scale=0.1) if bias else None, rnd(k, rank + 2 * nstate, di, scale=0.3),
+            rnd(k, di, rank, scale=0.5), rnd(k, di, scale=0.5, shift=-1.0),
+            torch.log(torch.rand(k, di, nstate, generator=g, dtype=torch.float64) * 3 +
+                      0.5).to(device, dtype), rnd(k, di), cls_pos, cls_pos is not None, 'auto',
+            None)
+
+
+# ----------------------------------------------------------------------------- opcheck (CPU)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('official', [False, True])
+def test_opcheck_local_scan(dtype, official):
+    args = _local_args(dtype)
+    torch.library.opcheck(torch.ops.mmlocalmamba.local_scan.default,
+                          (*args, CODES, official, 'auto', None))
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_opcheck_scattn_merge(dtype):
+    torch.library.opcheck(torch.ops.mmlocalmamba.scattn_merge.default, _merge_args(dtype))
+
+
+@pytest.mark.parametrize('cls_pos,bias', [(None, True), (7, True), (None, False)])
+def test_opcheck_vim_scan(cls_pos, bias):
+    torch.library.opcheck(torch.ops.mmlocalmamba.vim_scan.default, _vim_args(cls_pos, bias))
+
+
+def test_operators_equal_the_eager_functions():
+    args = _local_args()
+    eager = local_selective_scan(*args, DIRS, True)
+    op = torch.ops.mmlocalmamba.local_scan(*args, CODES, True, 'auto', None)
+    assert torch.equal(op, eager)
+    from mmlocalmamba.ops.merge import scattn_merge_reference
+    margs = _merge_args()
+    assert torch.allclose(torch.ops.mmlocalmamba.scattn_merge(*margs)[0],
+                          scattn_merge_reference(*margs[:-1]), rtol=0, atol=1e-14)
+
+
+def test_traced_model_records_one_operator_per_scan():
+    """torch.jit.trace (what mmengine's FLOP counter runs) sees each scan as one node."""
+    model = LocalVMamba(arch=dict(dims=8, depths=[1, 1], directions=[DIRS] * 2),
+                        out_indices=(1, ), drop_path_rate=0.).eval()
+    traced = torch.jit.trace(model, torch.randn(1, 3, 16, 16), check_trace=False)
+    kinds = [node.kind() for node in traced.inlined_graph.nodes()]
+    assert kinds.count('mmlocalmamba::local_scan') == 2
+
+
+# ----------------------------------------------------------------------------- compile (CPU)
+def _small_models():
+    torch.manual_seed(0)
+    vmamba = LocalVMamba(arch=dict(dims=16, depths=[1, 1, 2, 1],
+                                   directions=[['h', 'v_flip', 'w2', 'w7_flip']] * 5),
+                         drop_path_rate=0.)
+    vim = LocalVim(arch=dict(embed_dim=32, depth=2,
+                             directions=[['h', 'v_flip', 'w2', 'w7_flip']] * 2),
+                   img_size=64, out_indices=(0, 1), drop_path_rate=0.)
+    vim_cls = LocalVim(arch=dict(embed_dim=32, depth=2, if_rope=False, middle_cls_token=True),
+                       img_size=64, out_indices=(1, ), drop_path_rate=0.)
+    return [('LocalVMamba', vmamba, [(37, 53), (40, 45)]), ('LocalVim', vim, [(48, 80), (64, 64)]),
+            ('LocalVim middle cls', vim_cls, [(64, 64)])]
+
+
+def _fwd_bwd(model, x):
+    x = x.clone().requires_grad_(True)
+    outs = model(x)
+    loss = sum((o.float() * torch.linspace(-1, 1, o.shape[-1], device=o.device)).square().sum()
+               for o in outs)
+    grads = torch.autograd.grad(loss, [x] + [p for p in model.parameters() if p.requires_grad])
+    return [o.detach() for o in outs], grads
+
+
+@pytest.mark.parametrize('index', [0, 1, 2])
+def test_compile_without_graph_breaks_equals_eager(index):
+    name, model, sizes = _small_models()[index]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    for height, width in sizes:
+        x = torch.randn(2, 3, height, width)
+        ref, gref = _fwd_bwd(model, x)
+        out, grads = _fwd_bwd(compiled, x)
+        for a, b in zip(out, ref):
+            assert rel_l2(a, b) < 1e-5, (name, height, width)
+        for a, b in zip(grads, gref):
+            assert rel_l2(a, b) < 1e-4, (name, height, width)
+
+
+def test_compiled_scan_with_inductor_equals_eager():
+    """Inductor's generated code around the operator (one scan, CPU)."""
+    args = _local_args(torch.float32)
+
+    def fn(*a):
+        return local_selective_scan(*a, DIRS, True).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    leaves = [a.clone().requires_grad_(True) for a in args]
+    ref = torch.autograd.grad(fn(*leaves), leaves)
+    leaves = [a.clone().requires_grad_(True) for a in args]
+    got = torch.autograd.grad(compiled(*leaves), leaves)
+    for a, b in zip(got, ref):
+        assert rel_l2(a, b) < 1e-5
+
+
+# ----------------------------------------------------------------------------- GPU
+@gpu
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_opcheck_on_cuda(dtype):
+    torch.library.opcheck(torch.ops.mmlocalmamba.local_scan.default,
+                          (*_local_args(dtype, 'cuda', channels=40), CODES, True, 'auto',
+                           None))
+    torch.library.opcheck(torch.ops.mmlocalmamba.scattn_merge.default,
+                          _merge_args(dtype, 'cuda'))
+    if dtype == torch.float32:
+        torch.library.opcheck(torch.ops.mmlocalmamba.vim_scan.default,
+                              _vim_args(7, dtype=dtype, device='cuda'))
+
+
+def _triton_compiled_variants():
+    """How many compiled variants the package's Triton kernels hold (all devices)."""
+    from mmlocalmamba.ops.triton import merge_kernels, scan_kernels
+    total = 0
+    for module in (scan_kernels, merge_kernels):
+        for value in vars(module).values():
+            caches = getattr(value, 'device_caches', None)
+            if isinstance(caches, dict):
+                total += sum(len(entry[0]) for entry in caches.values())
+    return total
+
+
+@gpu
+def test_compiled_models_on_cuda_equal_eager_and_new_sizes_compile_no_kernel():
+    for name, model, sizes in _small_models():
+        model = model.cuda()
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)
+        for i, (height, width) in enumerate(sizes + [(sizes[0][0] + 3, sizes[0][1] + 5)]):
+            x = torch.randn(2, 3, height, width, device='cuda')
+            with torch.autocast('cuda', dtype=torch.bfloat16):
+                ref, gref = _fwd_bwd(model, x)
+                before = _triton_compiled_variants()
+                out, grads = _fwd_bwd(compiled, x)
+            if i > 0 and name.startswith('LocalVMamba'):
+                assert _triton_compiled_variants() == before, (name, height, width)
+            for a, b in zip(out, ref):
+                assert rel_l2(a, b) < 2e-2, (name, height, width)
+            for a, b in zip(grads, gref):
+                assert rel_l2(a, b) < 5e-2, (name, height, width)
