@@ -9,7 +9,11 @@ mmpretrain, a user's own) falls back to, so the modules are found from any scope
   pyramid neck and the channel LayerNorm under mmcv's norm name ``LN2d``;
 * ``HOOKS``: ``ArchWeightsLoggerHook`` (direction search), ``RNGStateHook`` (exact resume);
 * ``OPTIM_WRAPPER_CONSTRUCTORS``: ``LayerDecayOptimWrapperConstructor``;
-* timm's model registry: ``local_vssm_*`` and ``local_vim_*`` classifiers.
+* timm's model registry: ``local_vssm_*`` and ``local_vim_*`` classifiers;
+* mmengine's FLOP counter: the handles of the ``mmlocalmamba::`` operators
+  (:func:`mmlocalmamba.models.flops.install_flop_handles`), so that
+  ``mmengine.analysis.get_model_complexity_info`` and mmdet's / mmseg's ``get_flops.py`` count
+  the selective scans.
 
 Importing also adds the checkpoint allow-list of :mod:`mmlocalmamba.utils.safe_load` to torch's
 ``weights_only`` unpickler, so ``resume``/``load_from`` of mmengine checkpoints work under
@@ -23,6 +27,7 @@ from .engine.layer_decay import LayerDecayOptimWrapperConstructor
 from .engine.rng_state_hook import RNGStateHook
 from .models.compat import MM_LocalVSSM
 from .models.compat_vim import MM_LocalVim
+from .models.flops import install_flop_handles
 from .models.local_vim import LocalVim, LocalVimClassifier
 from .models.local_vmamba import LocalVMamba, LocalVMambaClassifier
 from .models.necks import LayerNorm2d, SimpleFeaturePyramid
@@ -64,6 +69,7 @@ def register_all() -> None:
         if registry.get(name) is not cls:
             registry.register_module(name=name, module=cls, force=True)
     register_safe_globals()
+    install_flop_handles()
 
 
 register_all()

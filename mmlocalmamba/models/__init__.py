@@ -1,4 +1,3 @@
-from . import flops  # noqa: F401  (registers the FLOP rules of the layers)
 from .compat import MM_LocalVSSM
 from .compat_vim import MM_LocalVim
 from .layers import BiAttn, MultiScan

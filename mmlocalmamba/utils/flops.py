@@ -1,64 +1,24 @@
-"""Parameter and FLOP counts: the generic counter.
+"""Parameter and FLOP counts, through mmengine's FLOP counter.
 
-Counting rules (1 multiply-accumulate = 1 FLOP, as fvcore and the paper count):
-
-* ``nn.Linear``: tokens x in x out; ``nn.Conv2d``/``nn.Conv1d``: output elements x
-  (in/groups) x kernel size; ``nn.LayerNorm``: 5 per element with affine, 4 without;
-  ``nn.AdaptiveAvgPool2d``: 1 per input element. Element-wise activations are not counted.
-* Any other module type counts through a rule registered with :func:`register_flop_rule`. The
-  LocalMamba layers register theirs beside them, in :mod:`mmlocalmamba.models.flops` (the
-  selective scans, the per-direction projections and LocalVim's per-direction conv1d); this
-  module imports no model.
-
-Counting uses forward hooks on one forward pass, so it follows the actual input size.
+:func:`count_flops` is mmengine's :class:`~mmengine.analysis.FlopAnalyzer` (the counter behind
+``mmengine.analysis.get_model_complexity_info`` and mmdet's / mmseg's ``get_flops.py``), run
+once on a model: one forward pass is traced and every recorded operator is counted by its
+handle, 1 multiply-accumulate = 1 FLOP. mmengine's own handles count linear layers,
+convolutions, einsums, normalisation layers and pooling; element-wise operations are not
+counted. The handles of the LocalMamba operators (the scans, the fused merge) are installed by
+``import mmlocalmamba`` (:func:`mmlocalmamba.models.flops.install_flop_handles`), so this module
+imports no model and every counter gives the same numbers. (The scans are operators from
+torch 2.4 on; with an older torch their FLOPs are missing, and :func:`count_flops` warns.)
 """
-from typing import Callable, Dict, Optional, Tuple
+import warnings
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ['count_flops', 'count_params', 'register_flop_rule']
+from ..ops.custom_ops import HAS_CUSTOM_OPS
 
-# Rules registered for other module types: type -> fn(module, inputs, output) -> flops.
-_RULES: Dict[type, Callable] = {}
-
-
-def register_flop_rule(module_type: type):
-    """Decorator: count ``module_type`` with ``fn(module, inputs, output) -> int``."""
-
-    def wrap(fn):
-        _RULES[module_type] = fn
-        return fn
-
-    return wrap
-
-
-def _linear(m: nn.Linear, inputs, output) -> int:
-    return output.numel() // m.out_features * m.in_features * m.out_features
-
-
-def _conv(m, inputs, output) -> int:
-    kernel = 1
-    for k in m.kernel_size:
-        kernel *= k
-    return output.numel() * (m.in_channels // m.groups) * kernel
-
-
-def _layer_norm(m: nn.LayerNorm, inputs, output) -> int:
-    return inputs[0].numel() * (5 if m.elementwise_affine else 4)
-
-
-def _avgpool(m, inputs, output) -> int:
-    return inputs[0].numel()
-
-
-_BUILTIN = {
-    nn.Linear: _linear,
-    nn.Conv1d: _conv,
-    nn.Conv2d: _conv,
-    nn.LayerNorm: _layer_norm,
-    nn.AdaptiveAvgPool2d: _avgpool,
-}
+__all__ = ['count_flops', 'count_params']
 
 
 def count_params(model: nn.Module) -> int:
@@ -70,39 +30,35 @@ def count_params(model: nn.Module) -> int:
 def count_flops(model: nn.Module,
                 input_shape: Tuple[int, ...] = (1, 3, 224, 224),
                 inputs: Optional[torch.Tensor] = None) -> Dict[str, int]:
-    """FLOPs of one forward pass, by module type.
+    """FLOPs of one forward pass (in eval mode), by operator.
+
+    Args:
+        model: the model; it runs on the device of its parameters (not ``meta``: the trace
+            computes).
+        input_shape: (B, C, H, W) of the zero input made when ``inputs`` is None.
+        inputs: the input tensor.
 
     Returns:
-        dict: ``{'total': int, '<ModuleType>': int, ...}``.
+        dict: ``{'total': int, '<operator>': int, ...}`` (operators as mmengine names them:
+        ``linear``, ``conv``, ``layer_norm``, ``local_scan``, ``vim_scan``, ...).
     """
-    rules = dict(_BUILTIN)
-    rules.update(_RULES)
-    counts: Dict[str, int] = {}
-    handles = []
-
-    def make_hook(fn):
-
-        def hook(module, inp, out):
-            name = type(module).__name__
-            counts[name] = counts.get(name, 0) + int(fn(module, inp, out))
-
-        return hook
-
-    for module in model.modules():
-        for mtype, fn in rules.items():
-            if type(module) is mtype:
-                handles.append(module.register_forward_hook(make_hook(fn)))
-                break
+    from mmengine.analysis import FlopAnalyzer
+    if not HAS_CUSTOM_OPS:
+        warnings.warn('This torch has no torch.library.custom_op (torch < 2.4): the selective '
+                      'scans are not traced as operators, and their FLOPs are not counted.')
+    if inputs is None:
+        param = next(model.parameters())
+        inputs = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
     was_training = model.training
     model.eval()
     try:
-        if inputs is None:
-            param = next(model.parameters())
-            inputs = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
-        model(inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            analyzer = FlopAnalyzer(model, (inputs, ))
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+            counts = {op: int(n) for op, n in analyzer.by_operator().items()}
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     counts['total'] = sum(counts.values())
     return counts
