@@ -1,39 +1,41 @@
-"""Packaging for mmlocalmamba: LocalMamba backbones as an OpenMMLab plugin."""
+"""Build hook of mmlocalmamba; the metadata is in pyproject.toml.
+
+A wheel (and so a non-editable ``pip install .``) carries the repository's top-level
+``configs/``, ``tools/`` and ``model-index.yml`` inside the package as ``mmlocalmamba/.mim/``,
+the OpenMMLab layout: mmengine resolves ``_base_ = ['mmlocalmamba::mmdet/<name>.py']`` there,
+and ``mim`` finds the tools there. They are copied into the build directory when the package is
+built, so the repository keeps a single copy. Editable installs skip the copy: from a checkout,
+use the configs by their paths.
+"""
 import os.path as osp
+import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = osp.dirname(osp.abspath(__file__))
+#: what goes into mmlocalmamba/.mim (paths relative to the repository root)
+MIM_CONTENT = ('configs', 'tools', 'model-index.yml')
 
 
-def read_version():
-    namespace = {}
-    with open(osp.join(osp.dirname(__file__), 'mmlocalmamba', 'version.py')) as f:
-        exec(f.read(), namespace)
-    return namespace['__version__']
+class BuildPyWithMim(build_py):
+    """``build_py`` that also writes ``mmlocalmamba/.mim`` into the build directory."""
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            return
+        target = osp.join(self.build_lib, 'mmlocalmamba', '.mim')
+        for name in MIM_CONTENT:
+            src, dst = osp.join(ROOT, name), osp.join(target, name)
+            if not osp.exists(src):
+                raise FileNotFoundError(f'{src} is missing: the package needs it in .mim/')
+            if osp.isdir(src):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+            else:
+                self.mkpath(osp.dirname(dst))
+                shutil.copy2(src, dst)
 
 
-setup(
-    name='mmlocalmamba',
-    version=read_version(),
-    description='LocalMamba (windowed selective scan) backbones for mmdetection and '
-                'mmsegmentation',
-    long_description=open('README.md').read() if osp.exists('README.md') else '',
-    long_description_content_type='text/markdown',
-    packages=find_packages(include=['mmlocalmamba', 'mmlocalmamba.*']),
-    python_requires='>=3.9',
-    install_requires=[
-        'torch>=2.1',
-        'einops',
-        'timm',
-        'mmengine>=0.10.0',
-    ],
-    extras_require={
-        # Downstream OpenMMLab packages used by the configs and tools.
-        'mm': ['mmcv>=2.0.0,<2.2.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex',
-               'pycocotools'],
-        'tests': ['pytest', 'matplotlib', 'pycocotools', 'ftfy', 'regex'],
-        # Optional CUDA kernels of the original Mamba (GPU only, never required).
-        'mamba': ['mamba-ssm'],
-    },
-    license='Apache-2.0',
-    zip_safe=False,
-)
+setup(cmdclass={'build_py': BuildPyWithMim})

@@ -9,16 +9,19 @@ mmpretrain, a user's own) falls back to, so the modules are found from any scope
   pyramid neck and the channel LayerNorm under mmcv's norm name ``LN2d``;
 * ``HOOKS``: ``ArchWeightsLoggerHook`` (direction search), ``RNGStateHook`` (exact resume);
 * ``OPTIM_WRAPPER_CONSTRUCTORS``: ``LayerDecayOptimWrapperConstructor``;
-* timm's model registry: ``local_vssm_*`` and ``local_vim_*`` classifiers;
+* timm's model registry: ``local_vssm_*`` and ``local_vim_*`` classifiers; for these models
+  ``timm.create_model(..., checkpoint_path=PATH)`` loads through mmlocalmamba's checked loader
+  (:func:`~mmlocalmamba.utils.checkpoint.load_timm_checkpoint`; every other model keeps timm's
+  loader).
 * mmengine's FLOP counter: the handles of the ``mmlocalmamba::`` operators
   (:func:`mmlocalmamba.models.flops.install_flop_handles`), so that
   ``mmengine.analysis.get_model_complexity_info`` and mmdet's / mmseg's ``get_flops.py`` count
   the selective scans.
 
-Importing also adds the checkpoint allow-list of :mod:`mmlocalmamba.utils.safe_load` to torch's
-``weights_only`` unpickler, so ``resume``/``load_from`` of mmengine checkpoints work under
-torch >= 2.6 with mmdet's and mmseg's own tools too (harmless types only; ``weights_only`` stays on).
+Importing changes nothing in torch's ``weights_only`` allow-list: the checked allow-list of
+:mod:`mmlocalmamba.utils.safe_load` is active only around mmlocalmamba's own loads.
 """
+import timm.models._factory as timm_factory
 from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from timm.models import is_model, register_model
 
@@ -32,7 +35,7 @@ from .models.local_vim import LocalVim, LocalVimClassifier
 from .models.local_vmamba import LocalVMamba, LocalVMambaClassifier
 from .models.necks import LayerNorm2d, SimpleFeaturePyramid
 from .models.timm_models import TIMM_MODELS
-from .utils.safe_load import register_safe_globals
+from .utils.checkpoint import load_timm_checkpoint
 
 __all__ = ['register_all']
 
@@ -68,7 +71,8 @@ def register_all() -> None:
     for registry, name, cls in _ENTRIES:
         if registry.get(name) is not cls:
             registry.register_module(name=name, module=cls, force=True)
-    register_safe_globals()
+    # timm.create_model calls this module attribute after building a model (checkpoint_path)
+    timm_factory.load_checkpoint = load_timm_checkpoint
     install_flop_handles()
 
 

@@ -150,21 +150,32 @@ def test_registered_in_root_registry_from_any_directory(tmp_path):
     assert not osp.exists(tmp_path / 'mmlocalmamba')
 
 
-def test_import_allow_lists_mmengine_checkpoints_for_plain_torch_load(tmp_path):
-    """mmdet/mmseg's own tools call torch.load(weights_only=True) on mmengine checkpoints."""
+def test_import_has_no_process_wide_effect_on_torch_load(tmp_path):
+    """After ``import mmlocalmamba`` a plain torch.load(weights_only=True) still refuses the
+    types our loader accepts (numpy, HistoryBuffer, Namespace): the allow-list is scoped."""
     import subprocess
     import sys
-    path = str(tmp_path / 'epoch_1.pth')
     hb = HistoryBuffer()
     hb.update(1.0)
-    torch.save({'meta': {'seed': np.int64(0)}, 'message_hub': {'log_scalars': {'loss': hb}},
-                'state_dict': {'w': torch.ones(1)}}, path)
-    code = ('import sys, torch; f = sys.argv[1]\n'
-            'try:\n    torch.load(f, weights_only=True); print("loaded-before")\n'
-            'except Exception:\n    print("refused-before")\n'
+    files = {
+        'numpy': {'meta': {'seed': np.int64(0)}, 'a': np.zeros(3)},
+        'history_buffer': {'message_hub': {'log_scalars': {'loss': hb}}},
+        'namespace': {'args': argparse.Namespace(lr=0.1)},
+    }
+    for name, obj in files.items():
+        torch.save(obj, str(tmp_path / f'{name}.pth'))
+    code = ('import sys, torch\n'
             'import mmlocalmamba\n'
-            'ckpt = torch.load(f, weights_only=True)\n'
-            'print(ckpt["message_hub"]["log_scalars"]["loss"].mean())\n')
-    out = subprocess.run([sys.executable, '-c', code, path], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ['refused-before', '1.0']
+            'from mmlocalmamba.utils.safe_load import safe_torch_load\n'
+            'before = set(torch.serialization.get_safe_globals())\n'
+            'for f in sys.argv[1:]:\n'
+            '    safe_torch_load(f)\n'
+            '    try:\n'
+            '        torch.load(f, weights_only=True); print("loaded")\n'
+            '    except Exception:\n'
+            '        print("refused")\n'
+            'print(set(torch.serialization.get_safe_globals()) == before)\n')
+    out = subprocess.run([sys.executable, '-c', code] +
+                         [str(tmp_path / f'{name}.pth') for name in files],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ['refused'] * len(files) + ['True']

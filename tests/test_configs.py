@@ -21,11 +21,17 @@ from mmengine.config import Config, DictAction  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PAPER_CONFIGS = [
-    'mmdet/maskrcnn_localvmamba_t.py', 'mmdet/maskrcnn_localvmamba_s.py',
-    'mmdet/maskrcnn_localvmamba_t_ms-3x.py', 'mmdet/maskrcnn_localvmamba_s_ms-3x.py',
-    'mmseg/upernet_localvmamba_t_ade20k-512.py', 'mmseg/upernet_localvmamba_s_ade20k-512.py'
+    'mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py',
+    'mmdet/mask-rcnn_localvmamba-s_fpn_1x_coco.py',
+    'mmdet/mask-rcnn_localvmamba-t_fpn_ms-crop-3x_coco.py',
+    'mmdet/mask-rcnn_localvmamba-s_fpn_ms-crop-3x_coco.py',
+    'mmseg/upernet_localvmamba-t_8xb2-160k_ade20k-512x512.py',
+    'mmseg/upernet_localvmamba-s_8xb2-160k_ade20k-512x512.py',
 ]
-DEMO_CONFIGS = ['mmdet/demo_maskrcnn_localvmamba.py', 'mmseg/demo_upernet_localvmamba.py']
+DEMO_CONFIGS = [
+    'mmdet/mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py',
+    'mmseg/upernet_localvmamba-demo_1xb4-300iter_demo-ade-128x128.py',
+]
 # The Mask R-CNN / UperNet + LocalVMamba configs (other backbones' configs have their own tests).
 CONFIGS = [osp.join(ROOT, 'configs', name) for name in PAPER_CONFIGS + DEMO_CONFIGS]
 SEG_CONFIGS = [p for p in CONFIGS if '/mmseg/' in p]
@@ -78,12 +84,12 @@ def test_config_loads_with_fromfile(path):
 
 @pytest.mark.parametrize(
     'name, manifest, detection',
-    [('mmdet/maskrcnn_localvmamba_t.py', 'det_mask_rcnn_local_vssm_tiny', True),
-     ('mmdet/maskrcnn_localvmamba_t_ms-3x.py', 'det_mask_rcnn_local_vssm_tiny', True),
-     ('mmdet/maskrcnn_localvmamba_s.py', 'det_mask_rcnn_local_vssm_small', True),
-     ('mmdet/maskrcnn_localvmamba_s_ms-3x.py', 'det_mask_rcnn_local_vssm_small', True),
-     ('mmseg/upernet_localvmamba_t_ade20k-512.py', 'seg_upernet_local_vssm_tiny', False),
-     ('mmseg/upernet_localvmamba_s_ade20k-512.py', 'seg_upernet_local_vssm_small', False)])
+    [(PAPER_CONFIGS[0], 'det_mask_rcnn_local_vssm_tiny', True),
+     (PAPER_CONFIGS[2], 'det_mask_rcnn_local_vssm_tiny', True),
+     (PAPER_CONFIGS[1], 'det_mask_rcnn_local_vssm_small', True),
+     (PAPER_CONFIGS[3], 'det_mask_rcnn_local_vssm_small', True),
+     (PAPER_CONFIGS[4], 'seg_upernet_local_vssm_tiny', False),
+     (PAPER_CONFIGS[5], 'seg_upernet_local_vssm_small', False)])
 def test_paper_recipe(name, manifest, detection):
     """Backbone, drop path and pretrained file as the official configs; the paper's optimiser."""
     from mmlocalmamba.models.local_vmamba import LOCAL_VMAMBA_ARCHS
@@ -104,9 +110,9 @@ def test_paper_recipe(name, manifest, detection):
     if detection:
         assert (optim.lr, optim.weight_decay) == (1e-4, 0.05)
         assert cfg.model.neck.in_channels == [96, 192, 384, 768]
-        epochs = 36 if 'ms-3x' in name else 12
+        epochs = 36 if 'ms-crop-3x' in name else 12
         assert cfg.train_cfg.max_epochs == epochs
-        if 'ms-3x' in name:  # multi-scale training
+        if 'ms-crop-3x' in name:  # multi-scale training
             assert 'RandomChoiceResize' in str(cfg.train_pipeline)
     else:
         assert (optim.lr, optim.weight_decay) == (6e-5, 0.01)
@@ -135,7 +141,7 @@ def test_decay_free_parameters():
     """Norm layers (patch-embed LayerNorm included) and A_logs/Ds get no weight decay."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import MODELS
-    cfg = _tiny(osp.join(ROOT, 'configs', 'mmdet', 'maskrcnn_localvmamba_t.py'))
+    cfg = _tiny(osp.join(ROOT, 'configs', 'mmdet', 'mask-rcnn_localvmamba-t_fpn_1x_coco.py'))
     model = MODELS.build(cfg.model)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     decay = {}
@@ -165,7 +171,7 @@ def test_unpublished_tiny_checkpoint_error_says_what_to_do(monkeypatch):
 
     monkeypatch.setattr(torch.hub, 'download_url_to_file', no_download)
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: '/nonexistent-hub-dir-for-test')
-    cfg = load_config(osp.join(ROOT, 'configs', 'mmdet', 'maskrcnn_localvmamba_t.py'),
+    cfg = load_config(osp.join(ROOT, 'configs', 'mmdet', 'mask-rcnn_localvmamba-t_fpn_1x_coco.py'),
                       {'model.backbone.arch': dict(_delete_=True, dims=16, depths=[1, 1, 1, 1])})
     backbone = MODELS.build(cfg.model.backbone)
     with pytest.raises(FileNotFoundError, match='never published') as err:
@@ -178,7 +184,7 @@ def test_cfg_options_turn_pretraining_off_or_point_to_a_file():
     import argparse
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    path = osp.join(ROOT, 'configs', 'mmdet', 'maskrcnn_localvmamba_t.py')
+    path = osp.join(ROOT, 'configs', 'mmdet', 'mask-rcnn_localvmamba-t_fpn_1x_coco.py')
     off = parser.parse_args(['--cfg-options', 'model.backbone.init_cfg=None']).cfg_options
     cfg = Config.fromfile(path)
     cfg.merge_from_dict(off)

@@ -37,7 +37,7 @@ def _local_args(dtype=torch.float64, device='cpu', batch=2, channels=8, height=5
                       0.5).to(device, dtype), rnd(k * channels)]
 
 
-def _merge_args(dtype=torch.float64, device='cpu'):
+def _merge_args(dtype=torch.float64, device='cpu', gate=False):
     g = torch.Generator().manual_seed(1)
     batch, k, length, ch, r = 2, 3, 13, 12, 2
 
@@ -47,7 +47,8 @@ def _merge_args(dtype=torch.float64, device='cpu'):
 
     return (rnd(batch, k, length, ch), rnd(ch, scale=0.5, shift=1.0), rnd(ch, scale=0.5), 1e-5,
             rnd(r, ch, scale=ch**-0.5), rnd(r, scale=0.3), rnd(ch, r, scale=r**-0.5),
-            rnd(ch, scale=0.3), rnd(ch, scale=0.5, shift=1.0), rnd(ch, scale=0.5), 1e-5, 'auto')
+            rnd(ch, scale=0.3), rnd(ch, scale=0.5, shift=1.0), rnd(ch, scale=0.5), 1e-5,
+            rnd(batch, length, ch) if gate else None, 'auto')
 
 
 def _vim_args(cls_pos, bias=True, dtype=torch.float64, device='cpu'):
@@ -77,8 +78,10 @@ def test_opcheck_local_scan(dtype, official):
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-def test_opcheck_scattn_merge(dtype):
-    torch.library.opcheck(torch.ops.mmlocalmamba.scattn_merge.default, _merge_args(dtype))
+@pytest.mark.parametrize('gate', [False, True])
+def test_opcheck_scattn_merge(dtype, gate):
+    torch.library.opcheck(torch.ops.mmlocalmamba.scattn_merge.default,
+                          _merge_args(dtype, gate=gate))
 
 
 @pytest.mark.parametrize('cls_pos,bias', [(None, True), (7, True), (None, False)])
@@ -92,9 +95,10 @@ def test_operators_equal_the_eager_functions():
     op = torch.ops.mmlocalmamba.local_scan(*args, CODES, True, 'auto', None)
     assert torch.equal(op, eager)
     from mmlocalmamba.ops.merge import scattn_merge_reference
-    margs = _merge_args()
-    assert torch.allclose(torch.ops.mmlocalmamba.scattn_merge(*margs)[0],
-                          scattn_merge_reference(*margs[:-1]), rtol=0, atol=1e-14)
+    for gate in (False, True):
+        margs = _merge_args(gate=gate)
+        assert torch.allclose(torch.ops.mmlocalmamba.scattn_merge(*margs)[0],
+                              scattn_merge_reference(*margs[:-1]), rtol=0, atol=1e-14)
 
 
 def test_traced_model_records_one_operator_per_scan():
@@ -169,8 +173,9 @@ def test_opcheck_on_cuda(dtype):
     torch.library.opcheck(torch.ops.mmlocalmamba.local_scan.default,
                           (*_local_args(dtype, 'cuda', channels=40), CODES, True, 'auto',
                            None))
-    torch.library.opcheck(torch.ops.mmlocalmamba.scattn_merge.default,
-                          _merge_args(dtype, 'cuda'))
+    for gate in (False, True):
+        torch.library.opcheck(torch.ops.mmlocalmamba.scattn_merge.default,
+                              _merge_args(dtype, 'cuda', gate))
     if dtype == torch.float32:
         torch.library.opcheck(torch.ops.mmlocalmamba.vim_scan.default,
                               _vim_args(7, dtype=dtype, device='cuda'))

@@ -21,8 +21,10 @@ import mmdet  # noqa: F401  (test requirements: the mmdet/mmseg stack)
 import mmseg  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DET_DEMO = osp.join(ROOT, 'configs', 'mmdet', 'demo_maskrcnn_localvmamba.py')
-SEG_DEMO = osp.join(ROOT, 'configs', 'mmseg', 'demo_upernet_localvmamba.py')
+DET_DEMO = osp.join(ROOT, 'configs', 'mmdet',
+                    'mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py')
+SEG_DEMO = osp.join(ROOT, 'configs', 'mmseg',
+                    'upernet_localvmamba-demo_1xb4-300iter_demo-ade-128x128.py')
 
 TINY_BACKBONE = """dict(
         arch=dict(_delete_=True, dims=16, depths=[1, 1, 1, 1], d_state=4, ssm_ratio=1.0,
@@ -141,13 +143,13 @@ def test_demo_detector_trains_saves_and_evaluates(det_run, det_config, tmp_path)
     ckpt_path = osp.join(det_run, 'epoch_2.pth')
     assert osp.isfile(ckpt_path)
     # A real mmengine checkpoint (message hub, optimizer, schedulers, RNG states) loads with
-    # weights_only=True through the allow-list: plain torch.load, no trust flag.
-    ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    # weights_only=True through the checked, scoped allow-list, no trust flag.
+    ckpt = safe_torch_load(ckpt_path)
     assert {'meta', 'state_dict', 'message_hub', 'optimizer', 'param_schedulers',
             'rng_states'} <= set(ckpt)
     assert ckpt['meta']['epoch'] == 2 and ckpt['meta']['iter'] == 4
     assert ckpt['meta']['dataset_meta']['classes'] == ('circle', 'square', 'triangle', 'star')
-    assert safe_torch_load(ckpt_path)['meta']['iter'] == 4
+    assert type(ckpt['message_hub']['log_scalars']['train/loss']).__name__ == 'HistoryBuffer'
 
     out = str(tmp_path / 'preds.pkl')
     show_dir = str(tmp_path / 'show')
@@ -252,6 +254,55 @@ def test_resume_from_explicit_checkpoint_and_load_from(det_run, det_config, tmp_
 
     with pytest.raises(FileNotFoundError, match='--resume'):
         prepare_train_config(load_config(det_config), resume=str(tmp_path / 'missing.pth'))
+
+
+class NotAllowed:
+    """A class outside the checkpoint allow-list (importable: trusted loads rebuild it)."""
+
+
+def test_trust_opt_in_at_train_resume_and_test_tools(det_run, det_config, tmp_path,
+                                                     monkeypatch):
+    """MMLOCALMAMBA_TRUST_CHECKPOINTS=1 is honoured by --resume and tools/test.py alike."""
+    from mmlocalmamba.apis import build_runner, load_config, prepare_train_config, test_main
+    from mmlocalmamba.utils.safe_load import TRUST_ENV, UnsafeCheckpointError, safe_torch_load
+    ckpt = safe_torch_load(osp.join(det_run, 'epoch_1.pth'))
+    ckpt['extra'] = NotAllowed()
+    path = str(tmp_path / 'custom.pth')
+    torch.save(ckpt, path)
+
+    def resumed_runner(work_dir):
+        cfg = prepare_train_config(load_config(det_config), work_dir=str(tmp_path / work_dir),
+                                   resume=path)
+        runner = build_runner(cfg)
+        runner._init_model_weights()
+        runner.load_or_resume()
+        return runner
+
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    with pytest.raises(UnsafeCheckpointError, match=r'custom\.pth.*NotAllowed.*' + TRUST_ENV):
+        resumed_runner('a')
+    with pytest.raises(UnsafeCheckpointError, match='NotAllowed'):
+        test_main([det_config, path, '--work-dir', str(tmp_path / 'test_a')])
+    monkeypatch.setenv(TRUST_ENV, '1')
+    assert resumed_runner('b').epoch == 1
+    metrics = test_main([det_config, path, '--work-dir', str(tmp_path / 'test_b')])
+    _finite_metrics(metrics, ['coco/bbox_mAP'])
+
+
+def test_test_tool_refuses_a_checkpoint_without_detector_weights(det_run, det_config, tmp_path):
+    from mmlocalmamba.apis import test_main
+    from mmlocalmamba.apis.runner import PartialCheckpointError
+    state = _state(osp.join(det_run, 'epoch_2.pth'))
+    path = str(tmp_path / 'backbone_only.pth')
+    torch.save({'state_dict': {k: v for k, v in state.items() if k.startswith('backbone.')}},
+               path)
+    with pytest.raises(PartialCheckpointError,
+                       match=r'no weights for neck, roi_head, rpn_head of the MaskRCNN.*'
+                       r'--allow-partial-checkpoint'):
+        test_main([det_config, path, '--work-dir', str(tmp_path / 'a')])
+    metrics = test_main([det_config, path, '--allow-partial-checkpoint', '--work-dir',
+                         str(tmp_path / 'b')])
+    assert isinstance(metrics, dict)
 
 
 def test_tool_errors_are_clear(det_config, tmp_path):

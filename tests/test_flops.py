@@ -88,7 +88,7 @@ class _FusedMerge(nn.Module):
         return torch.ops.mmlocalmamba.scattn_merge(
             ys, attn.norm.weight, attn.norm.bias, attn.norm.eps, attn.global_reduce.weight,
             attn.global_reduce.bias, attn.channel_select.weight, attn.channel_select.bias,
-            self.norm.weight, self.norm.bias, self.norm.eps, 'torch')[0]
+            self.norm.weight, self.norm.bias, self.norm.eps, None, 'torch')[0]
 
 
 class _ModuleMerge(_FusedMerge):

@@ -115,8 +115,9 @@ def _shrink_det(cfg, root):
     return train_set, test_set
 
 
-@pytest.mark.parametrize('name,arch,dim', [('cascade-maskrcnn_localvim_t_lsj.py', 'tiny', 192),
-                                           ('cascade-maskrcnn_localvim_s_lsj.py', 'small', 384)])
+@pytest.mark.parametrize('name,arch,dim',
+                         [('cascade-mask-rcnn_localvim-t_sfp_lsj-100e_coco.py', 'tiny', 192),
+                          ('cascade-mask-rcnn_localvim-s_sfp_lsj-100e_coco.py', 'small', 384)])
 def test_det_config(name, arch, dim, coco_root):
     cfg = _config(osp.join('mmdet', name))
     backbone = cfg.model.backbone
@@ -137,7 +138,8 @@ def test_det_config(name, arch, dim, coco_root):
 
 
 def test_det_demo_config(coco_root):
-    cfg = _config(osp.join('mmdet', 'demo_cascade-maskrcnn_localvim.py'))
+    cfg = _config(
+        osp.join('mmdet', 'cascade-mask-rcnn_localvim-demo_sfp_1xb4-lsj-12e_demo-coco.py'))
     assert cfg.model.backbone.arch['depth'] == 4 and cfg.model.backbone.init_cfg is None
     assert all(h.num_classes == 4 for h in cfg.model.roi_head.bbox_head)
     _shrink_det_heads(cfg)
@@ -172,8 +174,9 @@ def _shrink_seg(cfg, root):
     return train_set, test_set
 
 
-@pytest.mark.parametrize('name,arch,dim', [('upernet_localvim_t_ade20k-512.py', 'tiny', 192),
-                                           ('upernet_localvim_s_ade20k-512.py', 'small', 384)])
+@pytest.mark.parametrize('name,arch,dim',
+                         [('upernet_localvim-t_mln_8xb2-160k_ade20k-512x512.py', 'tiny', 192),
+                          ('upernet_localvim-s_mln_8xb2-160k_ade20k-512x512.py', 'small', 384)])
 def test_seg_config(name, arch, dim, ade_root):
     cfg = _config(osp.join('mmseg', name))
     backbone = cfg.model.backbone

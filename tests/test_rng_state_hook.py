@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mmlocalmamba.engine.rng_state_hook import RNGStateHook, get_rng_states, set_rng_states
-from mmlocalmamba.utils.safe_load import register_safe_globals
+from mmlocalmamba.utils.safe_load import safe_torch_load
 
 
 def _draw():
@@ -15,11 +15,10 @@ def _draw():
 
 
 def _roundtrip(obj):
-    register_safe_globals()
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=True)
+    return safe_torch_load(buf)  # weights_only=True with the checked numpy types
 
 
 def test_states_roundtrip_through_weights_only_checkpoint():

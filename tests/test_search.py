@@ -1,8 +1,10 @@
 """Direction search: architecture parameters, logging hook, timm registry, export, round trip,
 search runs on demo detection data and on a tiny ImageFolder."""
 import copy
+import glob
 import importlib.util
 import json
+import os
 import os.path as osp
 
 import numpy as np
@@ -276,10 +278,14 @@ def test_timm_registry_local_vim():
 # Search runs
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('path,base', [
-    ('mmdet/search_maskrcnn_localvmamba_demo.py', 'mmdet/demo_maskrcnn_localvmamba.py'),
-    ('mmdet/search_maskrcnn_localvmamba_t_coco.py', 'mmdet/maskrcnn_localvmamba_t.py'),
-    ('mmseg/search_upernet_localvmamba_demo.py', 'mmseg/demo_upernet_localvmamba.py'),
-    ('mmseg/search_upernet_localvmamba_t_ade20k.py', 'mmseg/upernet_localvmamba_t_ade20k-512.py')
+    ('mmdet/mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco.py',
+     'mmdet/mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py'),
+    ('mmdet/mask-rcnn_localvmamba-t-search_fpn_1x_coco.py',
+     'mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py'),
+    ('mmseg/upernet_localvmamba-demo-search_1xb4-300iter_demo-ade-128x128.py',
+     'mmseg/upernet_localvmamba-demo_1xb4-300iter_demo-ade-128x128.py'),
+    ('mmseg/upernet_localvmamba-t-search_8xb2-160k_ade20k-512x512.py',
+     'mmseg/upernet_localvmamba-t_8xb2-160k_ade20k-512x512.py'),
 ])
 def test_search_configs(path, base):
     from mmengine.config import Config
@@ -298,7 +304,8 @@ def test_search_configs(path, base):
 
 def test_search_on_demo_detection_data_then_export_and_rebuild(tmp_path):
     from mmlocalmamba.apis.runner import build_runner, load_config
-    config = osp.join(ROOT, 'configs', 'mmdet', 'search_maskrcnn_localvmamba_demo.py')
+    config = osp.join(ROOT, 'configs', 'mmdet',
+                      'mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco.py')
     from mmlocalmamba.datasets.demo_data import make_coco_demo
 
     data_root = str(tmp_path / 'coco') + '/'
@@ -360,23 +367,30 @@ def test_search_on_demo_detection_data_then_export_and_rebuild(tmp_path):
     assert osp.getsize(paths['png']) > 0
 
 
-def test_classification_search_on_tiny_imagefolder(tmp_path):
-    pytest.importorskip('torchvision')
+def _tiny_imagefolder(root):
     from PIL import Image
-
-    from mmlocalmamba.search.trainer import search_classification
     rng = np.random.default_rng(0)
     for cls, base in (('cat', 40), ('dog', 200)):
-        (tmp_path / 'data' / cls).mkdir(parents=True)
+        (root / cls).mkdir(parents=True)
         for i in range(4):
             img = np.clip(base + 30 * rng.standard_normal((28, 28, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(tmp_path / 'data' / cls / f'{i}.png')
+            Image.fromarray(img).save(root / cls / f'{i}.png')
+    return str(root)
+
+
+CLS_SEARCH = dict(batch_size=4, img_size=28, lr=1e-3, arch_lr_mult=10., num_workers=0,
+                  log_interval=1, model_kwargs=dict(arch=dict(TINY, directions=None),
+                                                    drop_path_rate=0.))
+
+
+def test_classification_search_on_tiny_imagefolder(tmp_path):
+    """The classification search on mmengine's Runner: train, validate, checkpoint, export."""
+    pytest.importorskip('torchvision')
+    from mmlocalmamba.apis.search_cls import search_classification
+    data = _tiny_imagefolder(tmp_path / 'data')
     work = tmp_path / 'work'
-    out = search_classification(
-        str(tmp_path / 'data'), model='local_vssm_tiny_search', work_dir=str(work),
-        val_root=str(tmp_path / 'data'), epochs=1, batch_size=4, img_size=28, lr=1e-3,
-        arch_lr_mult=10., num_workers=0, device='cpu', log_interval=1,
-        model_kwargs=dict(arch=dict(TINY, directions=None), drop_path_rate=0.))
+    out = search_classification(data, model='local_vssm_tiny_search', work_dir=str(work),
+                                val_root=data, epochs=1, **CLS_SEARCH)
     assert [h['iter'] for h in out['history']] == [1, 2]
     assert all(np.isfinite(h['loss']) for h in out['history'])
     assert 0.0 <= out['val_acc'] <= 1.0
@@ -385,18 +399,88 @@ def test_classification_search_on_tiny_imagefolder(tmp_path):
     assert json.load(open(work / 'arch_history.json'))[-1]['iter'] == 2
     result = out['result']
     assert len(result.directions) == 4 and all(len(d) == 4 for d in result.directions)
-    # the export is the top-4 of the trained supernet's own probabilities
+    # an mmengine checkpoint: the classifier under backbone., the classes, the search space
+    assert osp.basename(out['checkpoint']) == 'epoch_1.pth'
     state = torch.load(out['checkpoint'], weights_only=True)
-    assert state['meta']['classes'] == ['cat', 'dog']
+    assert state['meta']['dataset_meta']['classes'] == ('cat', 'dog')
+    assert state['search_space']['candidates'] == [list(ALL_DIRECTIONS)] * 4
     alphas = [v.flatten().double() for k, v in state['state_dict'].items()
-              if k.endswith(ARCH_PARAM_KEY)]
+              if k.startswith('backbone.') and k.endswith(ARCH_PARAM_KEY)]
     assert result.chosen == [expected_topk(a) for a in alphas]
+    assert all(k.startswith('backbone.') for k in state['state_dict'])
+    # the architecture weights: own learning rate, no weight decay; SSM parameters: no decay
+    groups = out['runner'].optim_wrapper.optimizer.param_groups
+    names = {id(p): n for n, p in out['runner'].model.named_parameters()}
+    by_name = {names[id(p)]: g for g in groups for p in g['params']}
+    arch = [n for n in by_name if n.endswith(ARCH_PARAM_KEY)]
+    assert len(arch) == 4
+    for n in arch:
+        assert by_name[n]['weight_decay'] == 0 and by_name[n]['lr'] == pytest.approx(
+            10 * by_name['backbone.patch_embed.0.weight']['lr'])
+    assert by_name['backbone.layers.0.blocks.0.op.A_logs']['weight_decay'] == 0
+    assert by_name['backbone.patch_embed.0.weight']['weight_decay'] == 0.05
     rebuilt = LocalVMamba(arch=dict(TINY, directions=copy.deepcopy(result.directions)))
     assert [list(d) for d in rebuilt.layer_directions] == result.directions
     with pytest.raises(ValueError, match='no direction-search layers'):
-        search_classification(str(tmp_path / 'data'), model='local_vssm_tiny',
-                              work_dir=str(tmp_path / 'w2'), epochs=1, num_workers=0,
-                              model_kwargs=dict(arch=dict(TINY)))
+        search_classification(data, model='local_vssm_tiny', work_dir=str(tmp_path / 'w2'),
+                              epochs=1, num_workers=0, model_kwargs=dict(arch=dict(TINY)))
+
+
+def test_classification_search_resumes(tmp_path):
+    """A search stopped after its first epoch continues from that checkpoint (``--resume``):
+    the same weights, iterations and export as the run that was not stopped."""
+    pytest.importorskip('torchvision')
+    import shutil
+
+    from mmlocalmamba.apis.search_cls import search_classification
+    data = _tiny_imagefolder(tmp_path / 'data')
+    straight = search_classification(data, work_dir=str(tmp_path / 'straight'), epochs=2,
+                                     **CLS_SEARCH)
+    # the stopped run: its work dir holds the epoch-1 checkpoint of the same search
+    stopped = tmp_path / 'stopped'
+    stopped.mkdir()
+    shutil.copy(tmp_path / 'straight' / 'epoch_1.pth', stopped / 'epoch_1.pth')
+    (stopped / 'last_checkpoint').write_text(str(stopped / 'epoch_1.pth'))
+    resumed = search_classification(data, work_dir=str(stopped), epochs=2, resume='auto',
+                                    **CLS_SEARCH)
+    assert [h['iter'] for h in straight['history']] == [1, 2, 3, 4]
+    assert [h['iter'] for h in resumed['history']] == [3, 4]
+    assert osp.basename(resumed['checkpoint']) == 'epoch_2.pth'
+    assert resumed['runner'].iter == straight['runner'].iter == 4
+    a = torch.load(straight['checkpoint'], weights_only=True)['state_dict']
+    b = torch.load(resumed['checkpoint'], weights_only=True)['state_dict']
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert resumed['result'].directions == straight['result'].directions
+
+
+def test_classification_search_two_processes(tmp_path):
+    """tools/search_cls.py under torchrun with 2 CPU processes (gloo, DDP): one export."""
+    pytest.importorskip('torchvision')
+    import socket
+    import subprocess
+    import sys
+    data = _tiny_imagefolder(tmp_path / 'data')
+    work = tmp_path / 'work'
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+           f'--master_port={port}', osp.join(ROOT, 'tools', 'search_cls.py'), data, '--val-root',
+           data,
+           '--launcher', 'pytorch', '--epochs', '1', '--batch-size', '2', '--img-size', '28',
+           '--num-workers', '0', '--log-interval', '1', '--work-dir', str(work),
+           '--model-kwargs', json.dumps(dict(arch=dict(TINY, directions=None)))]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path), timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = open(glob.glob(str(work / '*' / '*.log'))[0]).read()
+    assert 'Distributed training: True' in log
+    assert 'Epoch(train) [1][2/2]' in log  # 8 images, 2 processes, 2 per batch
+    assert 'accuracy/top1' in log
+    assert out.stdout.count('directions=[') == 1  # the main process prints the snippet
+    assert json.load(open(work / 'directions.json'))['topk'] == 4
 
 
 def test_coco_objects_to_imagefolder(tmp_path):

@@ -145,13 +145,17 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
         a, b = a.double(), b.double()
         return ((a - b).abs().max() / b.abs().max()).item()
 
-    def run(fn, ys, params, dout, **kw):
+    def run(fn, ys, params, dout, z=None, **kw):
         ys = ys.detach().requires_grad_(True)
         params = [p.detach().requires_grad_(True) for p in params]
+        leaves = [ys] + params
+        if z is not None:
+            z = z.detach().requires_grad_(True)
+            leaves.append(z)
         aw, ab, w1, b1, w2, b2, ow, ob = params
-        out = fn(ys, aw, ab, 1e-5, w1, b1, w2, b2, ow, ob, 1e-5, **kw)
-        loss = out.sum() if dout is None else (out * dout.to(out.dtype)).sum()
-        grads = torch.autograd.grad(loss, [ys] + params)
+        out = fn(ys, aw, ab, 1e-5, w1, b1, w2, b2, ow, ob, 1e-5, z=z, **kw)
+        loss = out.sum() if dout is None else (out.double() * dout).sum()
+        grads = torch.autograd.grad(loss, leaves)
         return out, grads
 
     g = torch.Generator().manual_seed(0)
@@ -190,6 +194,18 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
     errs = [max_rel(a, b) for a, b in zip(grads, gref)]
     print('sum', 'dys %.2e' % errs[0], 'params %.2e' % max(errs[1:]))
     worst = max(worst, max(errs))
+    # the fused output gate: out * SiLU(z), in z's dtype, z strided (a chunk of a wider tensor)
+    z64 = torch.randn(B, L, 2 * C, generator=g, dtype=torch.float64)[..., :C]
+    ref, gref = run(scattn_merge_reference, ys64, p64, dout, z=z64)
+    out, grads = run(scattn_merge_triton, ys64.float(), p32, dout, z=z64.float(),
+                     tile_elements=64)
+    assert out.dtype == torch.float32 and grads[-1].shape == z64.shape
+    errs = [max_rel(out, ref)] + [max_rel(a, b) for a, b in zip(grads, gref)]
+    print('gate', 'out %.2e' % errs[0], 'dz %.2e' % errs[-1], 'params %.2e' % max(errs[1:-1]))
+    worst = max(worst, max(errs))
+    out, grads = run(scattn_merge_triton, ys64.float(), p32, dout, z=z64.bfloat16(),
+                     tile_elements=64)
+    assert out.dtype == torch.bfloat16 and grads[-1].dtype == torch.bfloat16
     print('MAXERR', worst)
 ''')
 
@@ -260,3 +276,28 @@ def test_strided_channels_and_deterministic():
     out2, grads2 = run(scattn_merge_triton, ys, p32, dout)
     assert torch.equal(out, out2)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads2))
+
+
+@gpu
+@pytest.mark.parametrize('zdtype,tol', [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_output_gate_matches_fp64_reference(zdtype, tol):
+    """The fused SS2D output gate: out * SiLU(z) in z's dtype, with z a strided chunk."""
+    shape = (2, 4, 37, 48)
+    g = torch.Generator().manual_seed(3)
+    ys = torch.randn(shape, generator=g, dtype=torch.float64).cuda()
+    params = make_params(48, seed=3, device='cuda')
+    z = torch.randn(2, 37, 96, generator=g, dtype=torch.float64).cuda()[..., :48]
+    dout = torch.randn(2, 37, 48, generator=g, dtype=torch.float64).cuda()
+    leaves = [ys.clone().requires_grad_(True)] + [p.clone().requires_grad_(True) for p in params]
+    zl = z.clone().requires_grad_(True)
+    ref = scattn_merge_reference(leaves[0], *leaves[1:3], 1e-5, *leaves[3:], 1e-5, z=zl)
+    gref = torch.autograd.grad((ref * dout).sum(), leaves + [zl])
+    tl = [ys.float().requires_grad_(True)] + [p.float().requires_grad_(True) for p in params]
+    zt = z.to(zdtype).requires_grad_(True)
+    out = scattn_merge_triton(tl[0], *tl[1:3], 1e-5, *tl[3:], 1e-5, z=zt)
+    assert out.dtype == zdtype and out.shape == (2, 37, 48)
+    grads = torch.autograd.grad((out.double() * dout).sum(), tl + [zt])
+    assert max_rel(out, ref) < tol
+    assert grads[-1].dtype == zdtype
+    for a, b in zip(grads, gref):
+        assert max_rel(a, b) < 5 * tol

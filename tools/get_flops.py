@@ -2,7 +2,7 @@
 """Parameters and FLOPs of a LocalMamba model (a preset name or a config's backbone).
 
     python tools/get_flops.py local_vssm_tiny
-    python tools/get_flops.py configs/mmdet/maskrcnn_localvmamba_t.py --shape 800 1344
+    python tools/get_flops.py configs/mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py --shape 800 1344
 
 Counts with mmengine's FLOP counter (as get_model_complexity_info and mmdet's / mmseg's
 get_flops.py do), whose handles for the selective scans use the 9*B*L*D*N rule of the official
@@ -14,15 +14,13 @@ conv1d/x_proj/dt_proj).
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+import torch
 
-import torch  # noqa: E402
-
-import mmlocalmamba  # noqa: E402,F401
-from mmlocalmamba.models.flops import local_vim_paper_flops  # noqa: E402
-from mmlocalmamba.utils.flops import count_flops, count_params  # noqa: E402
+import mmlocalmamba  # noqa: F401
+from mmlocalmamba.models.flops import local_vim_paper_flops
+from mmlocalmamba.utils.cli import positive_int
+from mmlocalmamba.utils.flops import count_flops, count_params
 
 PRESETS = {
     'local_vssm_tiny': dict(type='LocalVMambaClassifier', arch='tiny'),
@@ -54,12 +52,15 @@ def build(target: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('target', help=f'preset ({", ".join(PRESETS)}) or config file')
-    parser.add_argument('--shape', type=int, nargs='+', default=[224, 224],
+    parser.add_argument('--shape', type=positive_int, nargs='+', default=[224, 224], metavar='SIZE',
                         help='input H W (one number: square)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='where the counted forward pass runs (default: cuda if available)')
     args = parser.parse_args(argv)
-    shape = args.shape * 2 if len(args.shape) == 1 else args.shape[:2]
+    if len(args.shape) > 2:
+        parser.error(f'--shape takes one or two numbers (H [W]), got '
+                     f'{" ".join(map(str, args.shape))}')
+    shape = args.shape * 2 if len(args.shape) == 1 else args.shape
     model = build(args.target)
     params = count_params(model)
     counts = count_flops(model.to(args.device), (1, 3, *shape))

@@ -9,13 +9,9 @@ Examples::
 Datasets whose ``meta.json`` already records the same parameters are kept.
 """
 import argparse
-import os.path as osp
-import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.datasets.demo_data import generate_demo_data  # noqa: E402
+from mmlocalmamba.datasets.demo_data import generate_demo_data
+from mmlocalmamba.utils.cli import positive_int
 
 
 def parse_args(argv=None):
@@ -27,12 +23,14 @@ def parse_args(argv=None):
     parser.add_argument('--which', choices=['coco', 'ade', 'all'],
                         default='all', help='which dataset(s) to write')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--num-train', type=int, default=64)
-    parser.add_argument('--num-val', type=int, default=16)
-    parser.add_argument('--img-size', type=int, nargs='+', default=[256],
+    parser.add_argument('--num-train', type=positive_int, default=64)
+    parser.add_argument('--num-val', type=positive_int, default=16)
+    parser.add_argument('--img-size', type=positive_int, nargs='+', default=[256],
                         metavar='N', help='S (square) or H W')
     parser.add_argument('--force', action='store_true',
                         help='regenerate even if the data is up to date')
+    parser.add_argument('--quiet', action='store_true',
+                        help='no progress bar while the images are written')
     args = parser.parse_args(argv)
     if len(args.img_size) not in (1, 2):
         parser.error('--img-size takes one (S) or two (H W) integers')
@@ -44,7 +42,8 @@ def main(argv=None):
     size = args.img_size * 2 if len(args.img_size) == 1 else args.img_size
     results = generate_demo_data(
         args.out, which=args.which, num_train=args.num_train,
-        num_val=args.num_val, img_size=size, seed=args.seed, force=args.force)
+        num_val=args.num_val, img_size=size, seed=args.seed, force=args.force,
+        progress=not args.quiet)
     for name, summary in results.items():
         state = 'wrote' if summary['regenerated'] else 'up to date, kept'
         print(f'[{name}] {state}: {summary["root"]} '

@@ -8,13 +8,9 @@ For trying the classification direction search (tools/search_cls.py) without Ima
 """
 import argparse
 import json
-import os.path as osp
-import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.search.imagefolder import coco_to_imagefolder  # noqa: E402
+from mmlocalmamba.search.imagefolder import coco_to_imagefolder
+from mmlocalmamba.utils.cli import positive_float, positive_int
 
 
 def main(argv=None):
@@ -24,8 +20,8 @@ def main(argv=None):
     parser.add_argument('coco_root', help='folder with annotations/instances_<split>.json')
     parser.add_argument('out_root')
     parser.add_argument('--splits', nargs='+', default=['train', 'val'])
-    parser.add_argument('--size', type=int, default=64, help='crop side in pixels')
-    parser.add_argument('--context', type=float, default=1.3,
+    parser.add_argument('--size', type=positive_int, default=64, help='crop side in pixels')
+    parser.add_argument('--context', type=positive_float, default=1.3,
                         help='crop side / larger box side')
     parser.add_argument('--gray', action='store_true',
                         help='grey-level crops (removes the colour cue of the demo classes)')

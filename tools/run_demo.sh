@@ -18,8 +18,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 WORK="${DEMO_WORK_DIR:-work_dirs/demo}"
 DATA="${DEMO_DATA_DIR:-data/demo}"
-DET_CFG=configs/mmdet/demo_maskrcnn_localvmamba.py
-SEG_CFG=configs/mmseg/demo_upernet_localvmamba.py
+DET_CFG=configs/mmdet/mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py
+SEG_CFG=configs/mmseg/upernet_localvmamba-demo_1xb4-300iter_demo-ade-128x128.py
 START=$SECONDS
 
 step() { echo; echo "=== [run_demo] $* ($((SECONDS - START)) s)"; }

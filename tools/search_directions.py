@@ -10,17 +10,15 @@ of every layer by softmax(multi_scan.weights), listed in candidate order, and wr
 
 Examples::
 
-    python tools/search_directions.py work_dirs/search_maskrcnn_localvmamba_demo/epoch_12.pth
+    python tools/search_directions.py \\
+        work_dirs/mask-rcnn_localvmamba-demo-search_fpn_1xb4-8e_demo-coco/epoch_8.pth
     python tools/search_directions.py supernet.pth --topk 4 --out-dir searched/ --name tiny
 """
 import argparse
 import os.path as osp
-import sys
 
-# allow running from a source checkout without installing the package
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmlocalmamba.search.export import export_all  # noqa: E402
+from mmlocalmamba.search.export import export_all
+from mmlocalmamba.utils.cli import positive_int
 
 
 def parse_args(argv=None):
@@ -28,7 +26,7 @@ def parse_args(argv=None):
         description='Pick the top-k scan directions per layer from a direction-search '
         'supernet checkpoint; write JSON, a config snippet and a heatmap PNG.')
     parser.add_argument('checkpoint', help='supernet checkpoint (.pth)')
-    parser.add_argument('--topk', type=int, default=4, help='directions kept per layer')
+    parser.add_argument('--topk', type=positive_int, default=4, help='directions kept per layer')
     parser.add_argument('--out-dir', default=None,
                         help='output folder (default: the checkpoint folder)')
     parser.add_argument('--name', default='directions', help='output file name stem')

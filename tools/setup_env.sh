@@ -50,11 +50,13 @@ if need torch 2.14.1 || need torchvision 0.29.1; then
   "${PIP[@]}" "$TORCH_PIN" "$TORCHVISION_PIN"
 fi
 
-# mmcv's setup.py imports pkg_resources: setuptools < 81 is required to build it.
+# mmcv's setup.py imports pkg_resources: setuptools < 81 is required to build it; this
+# project's pyproject.toml needs setuptools >= 77 (license metadata of PEP 639).
 SETUPTOOLS_VERSION="$(installed_version setuptools)"
-if [ -z "$SETUPTOOLS_VERSION" ] || [ "${SETUPTOOLS_VERSION%%.*}" -ge 81 ]; then
-  log "installing setuptools<81 (mmcv's build needs pkg_resources)"
-  "${PIP[@]}" "setuptools<81" wheel
+if [ -z "$SETUPTOOLS_VERSION" ] || [ "${SETUPTOOLS_VERSION%%.*}" -ge 81 ] ||
+   [ "${SETUPTOOLS_VERSION%%.*}" -lt 77 ]; then
+  log "installing setuptools>=77,<81 (mmcv's build needs pkg_resources)"
+  "${PIP[@]}" "setuptools>=77,<81" wheel
 fi
 
 if need mmcv "$MMCV_VERSION" || ! "$VPY" -c "import mmcv._ext" 2>/dev/null; then
@@ -81,7 +83,7 @@ fi
 
 # The rest: pure Python or with wheels. mmcv's own runtime deps are listed explicitly because it
 # was installed with --no-deps.
-PKGS=("$MMENGINE_PIN" "$MMDET_PIN" "$MMSEG_PIN" ftfy regex timm einops pycocotools
+PKGS=("$MMENGINE_PIN" "$MMDET_PIN" "$MMSEG_PIN" ftfy regex timm pycocotools
       addict yapf packaging pillow pyyaml opencv-python-headless scipy shapely terminaltables
       matplotlib pytest)
 MISSING=()

@@ -30,7 +30,8 @@ if [ -f "$WORK/last_checkpoint" ]; then
   echo "[train_demo_long] resuming from $(cat "$WORK/last_checkpoint")"
 fi
 rc=0
-timeout "$TIME_LIMIT" "$PY" tools/train.py configs/mmdet/demo_maskrcnn_localvmamba.py \
+CONFIG=configs/mmdet/mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py
+timeout "$TIME_LIMIT" "$PY" tools/train.py "$CONFIG" \
   --work-dir "$WORK" "${RESUME[@]}" --cfg-options \
   "train_cfg.max_epochs=$EPOCHS" train_cfg.val_interval=1 \
   "param_scheduler.1.end=$EPOCHS" "param_scheduler.1.milestones=[$STEP1,$STEP2]" \

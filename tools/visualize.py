@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from mmlocalmamba.apis.inference import collect_images, visualize_predictions
+from mmlocalmamba.utils.cli import positive_int, probability
 
 
 def parse_args(argv):
@@ -19,10 +20,11 @@ def parse_args(argv):
     parser.add_argument('checkpoint', help='trained checkpoint')
     parser.add_argument('images', nargs='+', help='image files or directories')
     parser.add_argument('--out', required=True, help='PNG file to write')
-    parser.add_argument('--limit', type=int, default=4, help='images taken from a directory')
-    parser.add_argument('--score-thr', type=float, default=0.3,
+    parser.add_argument('--limit', type=positive_int, default=4,
+                        help='images taken from a directory')
+    parser.add_argument('--score-thr', type=probability, default=0.3,
                         help='hide detections below this score')
-    parser.add_argument('--columns', type=int, default=4, help='images per row')
+    parser.add_argument('--columns', type=positive_int, default=4, help='images per row')
     parser.add_argument('--device', default='cpu')
     return parser.parse_args(argv)
 

@@ -1,12 +1,1 @@
-# Mask R-CNN + FPN with a LocalVMamba-S backbone on COCO, 3x schedule (36 epochs) with
-# multi-scale training: maskrcnn_localvmamba_t_ms-3x.py with the LocalVMamba-S backbone
-# (drop path 0.2) initialised from the released ImageNet checkpoint.
-_base_ = ['./maskrcnn_localvmamba_t_ms-3x.py']
-
-pretrained = 'https://github.com/hunto/LocalMamba/releases/download/v1.0.0/local_vssm_small.ckpt'  # noqa: E501
-
-model = dict(
-    backbone=dict(
-        arch='small',
-        drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
+_base_ = ['./mask-rcnn_localvmamba-s_fpn_ms-crop-3x_coco.py']

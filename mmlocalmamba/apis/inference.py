@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from mmengine.config import Config
 
-from ..utils.safe_load import safe_torch_load
+from ..utils.checkpoint import load_checkpoint_file, safe_mmengine_loading
 from .runner import config_scope, setup_scope
 
 __all__ = ['checkpoint_dataset_meta', 'collect_images', 'tile_images', 'visualize_predictions']
@@ -20,7 +20,7 @@ __all__ = ['checkpoint_dataset_meta', 'collect_images', 'tile_images', 'visualiz
 
 def checkpoint_dataset_meta(checkpoint: str) -> Dict:
     """``meta['dataset_meta']`` of an mmengine checkpoint ({} when absent)."""
-    ckpt = safe_torch_load(checkpoint, map_location='cpu')
+    ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
     meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
     return dict(meta.get('dataset_meta') or {})
 
@@ -43,18 +43,22 @@ def tile_images(images: Sequence[np.ndarray], columns: int = 4, pad: int = 4) ->
 
 
 def _inferencer(config: str, checkpoint: str, scope: str, device: str):
+    """The library's inferencer; it loads the checkpoint through our checked loader."""
     meta = checkpoint_dataset_meta(checkpoint)
     if scope == 'mmdet':
         from mmdet.apis import DetInferencer
-        return DetInferencer(model=config, weights=checkpoint, device=device, scope='mmdet',
-                             show_progress=False)
+        with safe_mmengine_loading():
+            return DetInferencer(model=config, weights=checkpoint, device=device, scope='mmdet',
+                                 show_progress=False)
     from mmseg.apis import MMSegInferencer
     classes, palette = meta.get('classes'), meta.get('palette')
     if classes is None or palette is None:
         raise ValueError(f'{checkpoint!r} has no dataset_meta with classes and palette; the '
                          f'segmentation visualiser needs them.')
-    inferencer = MMSegInferencer(model=config, weights=checkpoint, device=device, scope='mmseg',
-                                 classes=list(classes), palette=[list(p) for p in palette])
+    with safe_mmengine_loading():
+        inferencer = MMSegInferencer(model=config, weights=checkpoint, device=device,
+                                     scope='mmseg', classes=list(classes),
+                                     palette=[list(p) for p in palette])
     inferencer.visualizer.alpha = 0.5  # let the image show through the label colours
     return inferencer
 

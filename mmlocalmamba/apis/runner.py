@@ -9,16 +9,22 @@ Start-up also
 
 * imports :mod:`mmlocalmamba` (the backbones) and :mod:`mmlocalmamba.engine` (hooks), so configs
   need no ``custom_imports`` when these tools are used;
-* allow-lists the harmless types of mmengine/official checkpoints for torch's
-  ``weights_only=True`` loading (:func:`~mmlocalmamba.utils.safe_load.register_safe_globals`),
-  which makes ``--resume``, ``load_from`` and test checkpoints load under torch >= 2.6 without
-  turning ``weights_only`` off;
 * makes ``--launcher pytorch`` work on machines without a GPU (gloo backend, CPU DDP).
+
+While a runner of :func:`build_runner` trains or tests, mmengine's checkpoint loading
+(``--resume``, ``load_from``, the test checkpoint) goes through mmlocalmamba's checked
+``weights_only=True`` loader (:func:`~mmlocalmamba.utils.checkpoint.safe_mmengine_loading`), so
+mmengine checkpoints load under torch >= 2.6 without turning ``weights_only`` off, bad files get
+clear errors, and ``MMLOCALMAMBA_TRUST_CHECKPOINTS=1`` is honoured as everywhere else.
+``tools/test.py`` refuses a checkpoint that holds no weights for parts of the model other than
+the backbone (an ImageNet or backbone-only checkpoint would evaluate a random detector) unless
+``--allow-partial-checkpoint`` is given.
 
 mmdet and mmseg are imported lazily, only for the scope a config asks for.
 """
 import argparse
 import copy
+import functools
 import importlib
 import os
 import os.path as osp
@@ -28,12 +34,13 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from ..utils.safe_load import register_safe_globals
+from ..utils.checkpoint import load_checkpoint_file, safe_mmengine_loading
+
 
 __all__ = [
     'SUPPORTED_SCOPES', 'config_scope', 'setup_scope', 'load_config', 'prepare_train_config',
     'prepare_test_config', 'build_runner', 'train_parser', 'test_parser', 'train_main',
-    'test_main'
+    'test_main', 'PartialCheckpointError', 'check_checkpoint_covers_model'
 ]
 
 #: default_scope -> module whose ``register_all_modules`` registers the library.
@@ -58,15 +65,18 @@ def config_scope(cfg: Config) -> str:
     return scope
 
 
+class PartialCheckpointError(ValueError):
+    """A test checkpoint holds no weights for parts of the model (e.g. backbone-only)."""
+
+
 def setup_scope(scope: str) -> None:
-    """Register the modules of ``scope`` and of mmlocalmamba; make checkpoints loadable.
+    """Register the modules of ``scope`` and of mmlocalmamba.
 
     Idempotent. Sets ``scope`` as mmengine's default scope.
     """
     if scope not in SUPPORTED_SCOPES:
         raise ValueError(
             f'Unsupported scope {scope!r}; expected one of {sorted(SUPPORTED_SCOPES)}.')
-    register_safe_globals()
     importlib.import_module('mmlocalmamba')
     importlib.import_module('mmlocalmamba.engine')
     utils = importlib.import_module(SUPPORTED_SCOPES[scope])
@@ -282,14 +292,31 @@ def _unique_visualizer_name(cfg: Config) -> None:
         vis['name'] = f'{base}_{index}'
 
 
+def _with_safe_loading(method):
+    """``method`` run inside :func:`~mmlocalmamba.utils.checkpoint.safe_mmengine_loading`."""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with safe_mmengine_loading():
+            return method(*args, **kwargs)
+
+    return run
+
+
 def build_runner(cfg: Config):
-    """A runner from the config (``runner_type`` when the config names one)."""
+    """A runner from the config (``runner_type`` when the config names one).
+
+    Its ``load_checkpoint`` (``resume``, ``load_from``), ``train``, ``val`` and ``test`` (weights of
+    ``init_cfg`` too) load checkpoints through mmlocalmamba's checked loader, see the module
+    docstring.
+    """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     _unique_visualizer_name(cfg)
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    for name in ('load_checkpoint', 'train', 'val', 'test'):
+        setattr(runner, name, _with_safe_loading(getattr(runner, name)))
+    return runner
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +364,10 @@ def test_parser() -> argparse.ArgumentParser:
                         'maps into a directory)')
     parser.add_argument('--metrics-out', metavar='FILE.json',
                         help='also write the metrics to this JSON file')
+    parser.add_argument(
+        '--allow-partial-checkpoint', action='store_true',
+        help='evaluate even when the checkpoint has no weights for some parts of the model '
+        '(e.g. a backbone-only or ImageNet checkpoint: those parts stay randomly initialised)')
     _add_common_arguments(parser)
     return parser
 
@@ -369,12 +400,54 @@ def test_main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
                         show_dir=args.show_dir, out=args.out, launcher=args.launcher)
     runner = build_runner(cfg)
     try:
+        if not args.allow_partial_checkpoint:
+            check_checkpoint_covers_model(runner.model, load_checkpoint_file(args.checkpoint),
+                                          args.checkpoint)
         metrics = runner.test()
         if args.metrics_out:
             _write_metrics(metrics, args.metrics_out)
         return metrics
     finally:
         _close_process_group()
+
+
+def check_checkpoint_covers_model(model, checkpoint: Any, name: str) -> None:
+    """Refuse a test checkpoint that leaves parts of the model without weights.
+
+    Every top-level part of the model with parameters (``backbone``, ``neck``, ``rpn_head``,
+    ``decode_head``, ...) must get at least one tensor from the checkpoint (keys as mmengine
+    loads them: the ``state_dict`` entry, ``module.`` stripped).
+
+    Raises:
+        PartialCheckpointError: naming the parts without weights and what the checkpoint holds.
+    """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    keys = {k[len('module.'):] if k.startswith('module.') else k
+            for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    model_keys = set(model.state_dict())
+    parts = {}
+    for key in model_keys:
+        parts.setdefault(key.split('.', 1)[0], []).append(key)
+    empty = sorted(part for part, names in parts.items()
+                   if not any(n in keys for n in names) and any(
+                       p.numel() for p in getattr(model, part).parameters()))
+    if not empty:
+        return
+    fits = len(keys & model_keys)
+    if fits:
+        found = f'it holds weights for {fits} of the model\'s {len(model_keys)} tensors'
+    else:
+        found = (f'none of its {len(keys)} tensors fits the model (first keys: '
+                 f'{sorted(keys)[:3]}); an ImageNet classification or backbone-only checkpoint '
+                 f'belongs in the backbone\'s init_cfg, not here')
+    raise PartialCheckpointError(
+        f'Checkpoint {name!r} has no weights for {", ".join(empty)} of the '
+        f'{type(model).__name__}: {found}. Evaluating it would measure randomly initialised '
+        f'{" and ".join(empty)}. Give a checkpoint of the whole model (e.g. the epoch_*.pth that '
+        f'tools/train.py writes), or pass --allow-partial-checkpoint to evaluate anyway.')
 
 
 def _close_process_group() -> None:

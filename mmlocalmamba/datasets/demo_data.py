@@ -26,9 +26,12 @@ imported lazily by :func:`check_coco_annotations`).
 import json
 import os
 import os.path as osp
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from mmengine.logging import print_log
+from mmengine.utils import track_iter_progress
 from PIL import Image
 
 __all__ = [
@@ -125,6 +128,14 @@ def _save_jpeg(img: np.ndarray, path: str) -> None:
 
 def _save_label_png(label: np.ndarray, path: str) -> None:
     Image.fromarray(label.astype(np.uint8)).save(path, format='PNG')
+
+
+def _indices(num: int, progress: bool, task: str):
+    """``range(num)``; with ``progress``, a log line and an mmengine progress bar over it."""
+    if not progress or num == 0:
+        return range(num)
+    print_log(f'{task}: {num} images', logger='current')
+    return track_iter_progress(list(range(num)), file=sys.stdout)  # the current stdout
 
 
 def _remove_stale(directory: str, suffix: str, keep: set) -> None:
@@ -275,12 +286,12 @@ def _coco_annotation(obj: Dict, ann_id: int, img_id: int) -> Dict:
 
 def _write_coco_split(out_dir: str, split: str, num: int, h: int, w: int,
                       seed: int, max_objects: int,
-                      rle_fraction: float) -> Tuple[str, int]:
+                      rle_fraction: float, progress: bool = False) -> Tuple[str, int]:
     """Write images and the annotation json of one split."""
     img_dir = osp.join(out_dir, split)
     os.makedirs(img_dir, exist_ok=True)
     images, annotations, names = [], [], set()
-    for index in range(num):
+    for index in _indices(num, progress, f'COCO demo {split} -> {img_dir}'):
         img_id = index + 1
         file_name = f'{img_id:012d}.jpg'
         names.add(file_name)
@@ -315,7 +326,8 @@ def make_coco_demo(out_dir: str,
                    img_size: SizeLike = (256, 256),
                    seed: int = 0,
                    max_objects: int = 5,
-                   rle_fraction: float = 0.1) -> Dict:
+                   rle_fraction: float = 0.1,
+                   progress: bool = False) -> Dict:
     """Write a synthetic COCO instance segmentation dataset.
 
     Layout: ``out_dir/{train,val}/<12-digit id>.jpg`` and
@@ -331,6 +343,7 @@ def make_coco_demo(out_dir: str,
             they do not fit without overlapping).
         rle_fraction: Probability that an object is stored as an
             uncompressed RLE mask (``iscrowd=0``) instead of a polygon.
+        progress: Log each split and show an mmengine progress bar.
 
     Returns:
         dict: Summary with paths, image / instance counts and classes.
@@ -347,7 +360,7 @@ def make_coco_demo(out_dir: str,
                'palette': [list(c) for c in COCO_DEMO_PALETTE]}
     for split, num in (('train', num_train), ('val', num_val)):
         ann_file, num_inst = _write_coco_split(
-            out_dir, split, num, h, w, seed, max_objects, rle_fraction)
+            out_dir, split, num, h, w, seed, max_objects, rle_fraction, progress)
         summary[f'{split}_img_dir'] = osp.join(summary['root'], split)
         summary[f'{split}_ann_file'] = osp.abspath(ann_file)
         summary[f'num_{split}'] = num
@@ -480,7 +493,8 @@ def make_ade20k_demo(out_dir: str,
                      num_train: int = 64,
                      num_val: int = 16,
                      img_size: SizeLike = (256, 256),
-                     seed: int = 0) -> Dict:
+                     seed: int = 0,
+                     progress: bool = False) -> Dict:
     """Write a synthetic ADE20K-layout semantic segmentation dataset.
 
     Layout (as mmseg's ADE20K configs expect)::
@@ -500,6 +514,7 @@ def make_ade20k_demo(out_dir: str,
         num_val: Number of validation images.
         img_size: ``(H, W)`` or a single int for square images.
         seed: Seed; the same seed reproduces identical files.
+        progress: Log each split and show an mmengine progress bar.
 
     Returns:
         dict: Summary with paths, counts, classes and palette.
@@ -518,7 +533,7 @@ def make_ade20k_demo(out_dir: str,
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(ann_dir, exist_ok=True)
         stems = set()
-        for index in range(num):
+        for index in _indices(num, progress, f'ADE20K demo {split} -> {img_dir}'):
             stem = f'ADE_{split}_{index + 1:08d}'
             stems.add(stem)
             img, label = _draw_ade_image(_image_rng(seed, split, index), h, w)
@@ -567,13 +582,15 @@ def generate_demo_data(root: str,
                        num_val: int = 16,
                        img_size: SizeLike = (256, 256),
                        seed: int = 0,
-                       force: bool = False) -> Dict[str, Dict]:
+                       force: bool = False,
+                       progress: bool = False) -> Dict[str, Dict]:
     """Generate ``root/coco`` and/or ``root/ade`` unless already up to date.
 
     Each dataset directory gets a ``meta.json`` holding the generation
     parameters and summary; a dataset is regenerated only when the
     parameters (or :data:`DEMO_DATA_VERSION`) differ, its files are missing,
-    or ``force`` is set.
+    or ``force`` is set. ``progress`` logs each split through mmengine and shows a progress
+    bar while the images are written.
 
     Returns:
         dict: ``{name: summary}`` where each summary has an extra
@@ -599,7 +616,7 @@ def generate_demo_data(root: str,
             os.remove(meta_path)  # invalid until the new data is complete
         summary = _GENERATORS[name](out_dir, num_train=num_train,
                                     num_val=num_val, img_size=(h, w),
-                                    seed=seed)
+                                    seed=seed, progress=progress)
         with open(meta_path, 'w') as f:
             json.dump({'params': params, 'summary': summary}, f, indent=2)
         results[name] = dict(summary, regenerated=True)

@@ -4,22 +4,154 @@
 :class:`~mmlocalmamba.models.LocalVim` and their migration aliases have in common: the
 deprecated ``pretrained=`` argument, ``init_weights`` through ``init_cfg``, ``frozen_stages`` /
 ``norm_eval`` in ``train()``, gradient checkpointing, and the scan-backend switch. The helpers
-below it (:func:`pretrained_to_init_cfg`, :func:`resolve_arch`, :func:`check_out_indices`) are the
-one place each of those checks is written.
+below it (:func:`pretrained_to_init_cfg`, :func:`resolve_arch`, :func:`check_out_indices`, the
+argument checks :func:`check_int`, :func:`check_number`, :func:`check_bool`,
+:func:`check_int_list`, :func:`check_size_pair`, :func:`check_ssm_args` and
+:func:`check_layer_directions`) are the one place each of those checks is written: every
+constructor argument of the backbones, classifiers, aliases and scan layers is checked when the
+module is built, with an error that names the value and the valid range.
 """
+import math
+import numbers
 import warnings
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 
+from ..ops.scan_orders import direction_lists, parse_direction
 from ..ops.selective_scan import BACKENDS
 
 __all__ = ['LocalMambaBackbone', 'ScanLayer', 'pretrained_to_init_cfg', 'resolve_arch',
-           'check_out_indices', 'check_backend', 'TimmClassifierMixin', 'take_indices',
-           'MATCH_PREV_GROUP']
+           'check_out_indices', 'check_backend', 'check_int', 'check_number', 'check_bool',
+           'check_int_list', 'check_size_pair', 'check_ssm_args', 'check_layer_directions',
+           'MAX_WINDOW', 'TimmClassifierMixin', 'take_indices', 'MATCH_PREV_GROUP']
+
+#: Largest window size K of a ``wK`` direction. A window covers K x K tokens and the map is
+#: zero-padded to multiples of K, so a window much larger than the feature maps (64 tokens is
+#: a 1024-pixel input at stride 16, or 256 pixels at stride 4) only adds padding and cost.
+MAX_WINDOW = 64
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(value: Any, name: str, owner: str, low: int = 1,
+              high: Optional[int] = None) -> int:
+    """An integer in ``[low, high]`` (``high`` None: no upper bound), returned as ``int``.
+
+    Raises:
+        ValueError: naming ``owner``, ``name``, the value and the valid range.
+    """
+    if _is_int(value) and low <= value and (high is None or value <= high):
+        return int(value)
+    valid = f'an integer >= {low}' if high is None else f'an integer in [{low}, {high}]'
+    raise ValueError(f'{owner}: {name} must be {valid}, got {value!r}.')
+
+
+def check_number(value: Any, name: str, owner: str, low: Optional[float] = None,
+                 high: Optional[float] = None, low_open: bool = False,
+                 high_open: bool = False) -> float:
+    """A finite real number within the given bounds (``*_open``: bound excluded), as ``float``.
+
+    Raises:
+        ValueError: naming ``owner``, ``name``, the value and the valid range.
+    """
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+          and math.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return float(value)
+    if low is not None and high is not None:
+        valid = f'a number in {"(" if low_open else "["}{low}, {high}{")" if high_open else "]"}'
+    elif low is not None:
+        valid = f'a number {">" if low_open else ">="} {low}'
+    elif high is not None:
+        valid = f'a number {"<" if high_open else "<="} {high}'
+    else:
+        valid = 'a finite number'
+    raise ValueError(f'{owner}: {name} must be {valid}, got {value!r}.')
+
+
+def check_bool(value: Any, name: str, owner: str) -> bool:
+    """``True`` or ``False`` (also numpy bools and the integers 0 and 1), as ``bool``."""
+    if isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f'{owner}: {name} must be True or False, got {value!r}.')
+
+
+def check_int_list(value: Any, name: str, owner: str, low: int = 1) -> List[int]:
+    """A non-empty list (or tuple) of integers >= ``low``, as a list of ``int``."""
+    if isinstance(value, (list, tuple)) and value and all(
+            _is_int(v) and v >= low for v in value):
+        return [int(v) for v in value]
+    raise ValueError(f'{owner}: {name} must be a non-empty list of integers >= {low}, got '
+                     f'{value!r}.')
+
+
+def check_size_pair(value: Any, name: str, owner: str) -> Tuple[int, int]:
+    """A positive integer or a pair of them (height, width), as a pair."""
+    if _is_int(value) and value >= 1:
+        return int(value), int(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            _is_int(v) and v >= 1 for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f'{owner}: {name} must be a positive integer or a pair (height, width) of '
+                     f'them, got {value!r}.')
+
+
+def check_layer_directions(directions: Any, owner: str, name: str = 'directions'
+                           ) -> Tuple[str, ...]:
+    """One layer's scan directions: a non-empty list of valid, bounded names, as a tuple.
+
+    Raises:
+        ValueError: an empty list, an unknown name (matched exactly, e.g. ``'h\\n'`` is refused)
+            or a window size outside ``[1, MAX_WINDOW]`` (with the reason).
+    """
+    try:
+        names = direction_lists([directions], 1)[0]
+    except ValueError as err:
+        message = str(err).replace('directions[0]', name, 1)
+        where = '' if name in message else f' (in {name})'
+        raise ValueError(f'{owner}: {message}{where}') from None
+    for direction in names:
+        kind, window, _ = parse_direction(direction)
+        if kind == 'w' and not 1 <= window <= MAX_WINDOW:
+            raise ValueError(
+                f'{owner}: the window size K={window} of direction {direction!r} must be in '
+                f'[1, {MAX_WINDOW}]: a window covers K x K tokens and the feature map is '
+                f'zero-padded to multiples of K, so larger windows (bigger than the feature '
+                f'maps of usual inputs) only add padding and cost.')
+    return names
+
+
+def check_ssm_args(owner: str, d_model: Any, d_state: Any, ratio: Any, ratio_name: str,
+                   dt_rank: Any, dt_min: Any, dt_max: Any, dt_init_floor: Any) -> int:
+    """Check the selective-scan arguments shared by the scan layers; return the inner width.
+
+    ``ratio`` (``ssm_ratio`` / ``expand``) must be > 0 and give an inner width
+    ``int(ratio * d_model)`` of at least 1; ``dt_rank`` is 'auto' or a positive integer;
+    ``0 < dt_min <= dt_max`` and ``dt_init_floor >= 0``.
+    """
+    d_model = check_int(d_model, 'd_model', owner)
+    check_int(d_state, 'd_state', owner)
+    ratio = check_number(ratio, ratio_name, owner, low=0, low_open=True)
+    if int(ratio * d_model) < 1:
+        raise ValueError(f'{owner}: {ratio_name}={ratio!r} with d_model={d_model} gives '
+                         f'int({ratio_name} * d_model) = 0 inner channels; it must be >= 1.')
+    if dt_rank != 'auto':
+        check_int(dt_rank, "dt_rank (or 'auto')", owner)
+    dt_min = check_number(dt_min, 'dt_min', owner, low=0, low_open=True)
+    check_number(dt_max, 'dt_max', owner, low=dt_min)
+    check_number(dt_init_floor, 'dt_init_floor', owner, low=0)
+    return int(ratio * d_model)
 
 
 def check_backend(backend: str) -> str:
@@ -135,9 +267,15 @@ MATCH_PREV_GROUP = (99999, )
 
 
 class ScanLayer(nn.Module):
-    """Base of the modules that run a selective scan (their ``scan_backend`` is switchable)."""
+    """Base of the modules that run a selective scan (their ``scan_backend`` is switchable).
+
+    ``scan_config``: the Triton kernels' launch configuration
+    (:class:`~mmlocalmamba.ops.triton.ScanConfig`, an immutable value); None uses the tuned
+    default. Meant for kernel development and benchmarks.
+    """
 
     scan_backend: str = 'auto'
+    scan_config = None
 
 
 class LocalMambaBackbone(BaseModule):
@@ -159,15 +297,21 @@ class LocalMambaBackbone(BaseModule):
 
     def __init__(self, frozen_stages: int, num_stages: int, norm_eval: bool, with_cp: bool,
                  pretrained: Optional[str] = None, init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=pretrained_to_init_cfg(pretrained, init_cfg,
-                                                         type(self).__name__))
+        owner = type(self).__name__
+        if pretrained is not None and not isinstance(pretrained, str):
+            raise ValueError(f'{owner}: pretrained must be a checkpoint path or URL (str) or '
+                             f'None, got {pretrained!r}.')
+        if init_cfg is not None and not isinstance(init_cfg, (dict, list)):
+            raise ValueError(f'{owner}: init_cfg must be a dict, a list of dicts or None, got '
+                             f'{init_cfg!r}.')
+        super().__init__(init_cfg=pretrained_to_init_cfg(pretrained, init_cfg, owner))
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not (
                 -1 <= frozen_stages <= num_stages):
             raise ValueError(f'frozen_stages must be an integer in [-1, {num_stages}], got '
                              f'{frozen_stages!r}.')
         self.frozen_stages = frozen_stages
-        self.norm_eval = bool(norm_eval)
-        self.with_cp = bool(with_cp)
+        self.norm_eval = check_bool(norm_eval, 'norm_eval', owner)
+        self.with_cp = check_bool(with_cp, 'with_cp', owner)
 
     # ------------------------------------------------------------------ scan backend
     @property

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..ops.merge import scattn_merge
 from ..ops.scan_orders import ALL_DIRECTIONS, direction_lists
+from .base import check_layer_directions
 
 __all__ = ['BiAttn', 'MultiScan', 'resolve_directions', 'ssm_a_log_init', 'ssm_dt_bias_init']
 
@@ -91,6 +92,12 @@ class MultiScan(nn.Module):
         """
         attn = self.attn if attn is None else attn
         if isinstance(ys, torch.Tensor):
+            # the scans compute in promote(dtype, float32); a model cast to bf16/fp16 runs its
+            # modules in its own dtype (outside autocast), so the outputs come back to it here
+            dtype = attn.norm.weight.dtype
+            if ys.dtype != dtype and ys.is_floating_point() and not torch.is_autocast_enabled(
+                    ys.device.type):
+                ys = ys.to(dtype)
             ys = ys.unbind(1)
         if not self.search:
             out = attn(ys[0])
@@ -104,23 +111,26 @@ class MultiScan(nn.Module):
             out = out + probs[k] * F.layer_norm(y, y.shape[-1:], eps=1e-5)
         return out
 
-    def merge_norm(self, ys: torch.Tensor, norm: nn.LayerNorm,
-                   backend: str = 'torch') -> torch.Tensor:
-        """``norm(self.merge(ys))``, through the fused kernels where ``backend`` allows.
+    def merge_norm(self, ys: torch.Tensor, norm: nn.LayerNorm, backend: str = 'torch',
+                   z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``norm(self.merge(ys))`` (times ``SiLU(z)`` when ``z`` is given), through the fused
+        kernels where ``backend`` allows.
 
         On CUDA, plain (non-search) layers with their own SCAttn go through
         :func:`~mmlocalmamba.ops.merge.scattn_merge`: with the Triton backend the fused
         kernels (the same values in fp32, the gate MLP included, which autocast would otherwise
         run in bf16; the (B, K, L, C) outputs are read twice in the forward instead of about ten
-        times). CPU tensors and search layers run the modules' PyTorch merge.
+        times; the output gate and the cast to z's dtype in the same pass). CPU tensors and
+        search layers run the modules' PyTorch merge.
 
         Args:
             ys: (B, K, L, C) scan outputs.
             norm: the LayerNorm over C applied to the merged outputs.
             backend: the layer's scan backend (``'auto'``/``'triton'`` allow the fused path).
+            z: optional (B, L, C) output gate before its activation (SiLU is applied here).
 
         Returns:
-            (B, L, C).
+            (B, L, C): the normalised merge (in z's dtype times ``SiLU(z)`` with ``z``).
         """
         if (ys.is_cuda and not self.search and hasattr(self, 'attn')
                 and backend in ('auto', 'triton')):
@@ -128,8 +138,11 @@ class MultiScan(nn.Module):
             return scattn_merge(ys, attn.norm.weight, attn.norm.bias, attn.norm.eps,
                                 attn.global_reduce.weight, attn.global_reduce.bias,
                                 attn.channel_select.weight, attn.channel_select.bias,
-                                norm.weight, norm.bias, norm.eps, backend=backend)
-        return norm(self.merge(ys))
+                                norm.weight, norm.bias, norm.eps, z=z, backend=backend)
+        out = norm(self.merge(ys))
+        if z is None:
+            return out
+        return out.to(z.dtype) * F.silu(z)
 
     def arch_probs(self) -> torch.Tensor:
         """Softmax of the architecture weights, (K,) (search layers only)."""
@@ -139,11 +152,14 @@ class MultiScan(nn.Module):
         return f'directions={list(self.directions)}, search={self.search}'
 
 
-def resolve_directions(directions, num_layers: int, candidates: Sequence[str] = ALL_DIRECTIONS):
+def resolve_directions(directions, num_layers: int, candidates: Sequence[str] = ALL_DIRECTIONS,
+                       owner: str = 'LocalMamba'):
     """Per-layer direction tuples and whether each layer is a search layer.
 
     ``directions=None`` makes every layer a supernet layer over ``candidates`` (default: the 8
     directions of the paper, :data:`ALL_DIRECTIONS`); ``candidates`` is ignored otherwise.
+    Names are matched exactly and window sizes bounded (see
+    :func:`~mmlocalmamba.models.base.check_layer_directions`).
 
     Returns:
         (list of tuples of names, list of bools)
@@ -151,8 +167,14 @@ def resolve_directions(directions, num_layers: int, candidates: Sequence[str] = 
     if directions is None:
         if isinstance(candidates, str):
             raise ValueError(f'candidates must be a list of direction names, got {candidates!r}.')
-        cands = direction_lists([list(candidates)], 1)[0]
+        cands = check_layer_directions(list(candidates), owner, 'candidates')
         if len(set(cands)) != len(cands):
             raise ValueError(f'candidates must not repeat a direction, got {list(cands)}.')
         return [cands] * num_layers, [True] * num_layers
-    return direction_lists(directions, num_layers), [False] * num_layers
+    try:
+        layers = direction_lists(directions, num_layers)
+    except ValueError as err:
+        raise ValueError(f'{owner}: {err}') from None
+    for i, names in enumerate(layers):
+        check_layer_directions(names, owner, f'directions[{i}]')
+    return layers, [False] * num_layers

@@ -33,8 +33,10 @@ from ..ops.pos_embed import apply_rope, grid_side, resize_grid_embed, resize_pos
 from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.vim_scan import local_vim_scan
 from .base import (MATCH_PREV_GROUP, LocalMambaBackbone, ScanLayer, TimmClassifierMixin,
-                   check_backend, check_out_indices, resolve_arch, take_indices)
+                   check_backend, check_bool, check_int, check_layer_directions, check_number,
+                   check_out_indices, check_size_pair, check_ssm_args, resolve_arch, take_indices)
 from .layers import BiAttn, MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
+from .norms import RMSNorm  # noqa: F401  (nn.RMSNorm on torch < 2.4)
 
 __all__ = ['LocalVim', 'LocalVimClassifier', 'LocalVimMixer', 'LocalVimBlock',
            'LOCAL_VIM_ARCHS']
@@ -85,13 +87,27 @@ _ARCH_KEYS = {'embed_dim', 'depth', 'directions', 'candidates'} | set(_ARCH_DEFA
 _DEFAULT_DIRECTIONS = ['h', 'h_flip', 'v', 'v_flip']
 
 
-def resolve_vim_arch(arch: Union[str, dict]) -> dict:
-    """Preset name or dict -> complete arch dict (see :class:`LocalVim`)."""
+_ARCH_BOOLS = ('rms_norm', 'fused_add_norm', 'if_rope', 'if_rope_residual', 'middle_cls_token',
+               'abs_pos_embed')
+
+
+def resolve_vim_arch(arch: Union[str, dict], owner: str = 'LocalVim') -> dict:
+    """Preset name or dict -> complete, checked arch dict (see :class:`LocalVim`)."""
     arch = resolve_arch(arch, LOCAL_VIM_ARCHS, _ARCH_KEYS, ('embed_dim', 'depth'), 'LocalVim')
+    for key in ('embed_dim', 'depth'):
+        arch[key] = check_int(arch[key], f'arch {key}', owner)
     if 'directions' not in arch:
         arch['directions'] = [_DEFAULT_DIRECTIONS] * arch['depth']
     for key, value in _ARCH_DEFAULTS.items():
         arch.setdefault(key, value)
+    for key in _ARCH_BOOLS:
+        arch[key] = check_bool(arch[key], f'arch {key}', owner)
+    check_number(arch['norm_eps'], 'arch norm_eps', owner, low=0, low_open=True)
+    for key in ('rope_pt_seq_len', 'd_state', 'd_conv'):
+        check_int(arch[key], f'arch {key}', owner)
+    check_number(arch['expand'], 'arch expand', owner, low=0, low_open=True)
+    if arch['dt_rank'] != 'auto':
+        check_int(arch['dt_rank'], "arch dt_rank (or 'auto')", owner)
     arch['candidates'] = tuple(arch.get('candidates') or ALL_DIRECTIONS)
     if arch['middle_cls_token'] and arch['if_rope']:
         raise ValueError('LocalVim cannot combine rotary embedding (if_rope=True) with the middle '
@@ -134,13 +150,17 @@ class LocalVimMixer(ScanLayer):
                  official_v_reverse: bool = False,
                  scan_backend: str = 'auto'):
         super().__init__()
-        d_inner = int(expand * d_model)
+        owner = type(self).__name__
+        d_inner = check_ssm_args(owner, d_model, d_state, expand, 'expand', dt_rank, dt_min,
+                                 dt_max, dt_init_floor)
+        d_conv = check_int(d_conv, 'd_conv', owner)
         rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
-        self.directions = tuple(directions)
+        self.directions = check_layer_directions(directions, owner)
+        search = check_bool(search, 'search', owner)
         self.d_model, self.d_inner, self.d_state, self.d_conv = d_model, d_inner, d_state, d_conv
         self.dt_rank = rank
-        self.official_v_reverse = official_v_reverse
-        self.scan_backend = scan_backend
+        self.official_v_reverse = check_bool(official_v_reverse, 'official_v_reverse', owner)
+        self.scan_backend = check_backend(scan_backend)
         num_dirs = len(self.directions)
 
         for i in range(num_dirs):
@@ -211,6 +231,7 @@ class LocalVimBlock(nn.Module):
     def __init__(self, dim: int, mixer: nn.Module, rms_norm: bool = True, norm_eps: float = 1e-5,
                  drop_path: float = 0., fused_add_norm: bool = True):
         super().__init__()
+        check_number(drop_path, 'drop_path', type(self).__name__, low=0, high=1, high_open=True)
         self.mixer = mixer
         self.norm = nn.RMSNorm(dim, eps=norm_eps) if rms_norm else nn.LayerNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -262,15 +283,6 @@ class VimRope(nn.Module):
         side = (self.grid, self.grid)
         return (resize_grid_embed(self.freqs_cos, side, hw),
                 resize_grid_embed(self.freqs_sin, side, hw))
-
-
-def _to_2tuple(value, name: str) -> Tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    value = tuple(value)
-    if len(value) != 2:
-        raise ValueError(f'{name} must be an int or a pair, got {value}.')
-    return int(value[0]), int(value[1])
 
 
 class LocalVim(LocalMambaBackbone):
@@ -329,22 +341,30 @@ class LocalVim(LocalMambaBackbone):
                  scan_backend: str = 'auto',
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
-        arch = resolve_vim_arch(arch)
+        owner = type(self).__name__
+        arch = resolve_vim_arch(arch, owner)
         super().__init__(frozen_stages, arch['depth'], norm_eval, with_cp, pretrained, init_cfg)
         check_backend(scan_backend)
+        patch_size = check_int(patch_size, 'patch_size', owner)
+        in_channels = check_int(in_channels, 'in_channels', owner)
+        drop_rate = check_number(drop_rate, 'drop_rate', owner, low=0, high=1, high_open=True)
+        drop_path_rate = check_number(drop_path_rate, 'drop_path_rate', owner, low=0, high=1,
+                                      high_open=True)
+        official_v_reverse = check_bool(official_v_reverse, 'official_v_reverse', owner)
         self.arch = arch
         dim, depth = arch['embed_dim'], arch['depth']
         self.embed_dim = self.num_features = dim
         self.depth = depth
         self.patch_size = patch_size
-        self.img_size = _to_2tuple(img_size, 'img_size')
+        self.img_size = check_size_pair(img_size, 'img_size', owner)
         self.grid_size = tuple(-(-s // patch_size) for s in self.img_size)
         self.out_indices = self._check_out_indices(out_indices, depth)
         self.official_v_reverse = official_v_reverse
         self.middle_cls_token = arch['middle_cls_token']
         self.if_rope_residual = arch['if_rope'] and arch['if_rope_residual']
 
-        directions, search = resolve_directions(arch['directions'], depth, arch['candidates'])
+        directions, search = resolve_directions(arch['directions'], depth, arch['candidates'],
+                                                owner)
         self.layer_directions = directions
         self.is_search = all(search)
 
@@ -580,7 +600,8 @@ def _without_token(tokens: torch.Tensor, pos: Optional[int]) -> torch.Tensor:
 
 def _tokens_to_map(tokens: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """Row-major (B, H*W, C) tokens -> (B, C, H, W)."""
-    return tokens.view(tokens.shape[0], hw[0], hw[1], -1).permute(0, 3, 1, 2).contiguous()
+    batch, _, channels = tokens.shape
+    return tokens.view(batch, hw[0], hw[1], channels).permute(0, 3, 1, 2).contiguous()
 
 
 class LocalVimClassifier(TimmClassifierMixin, LocalVim):
@@ -614,7 +635,7 @@ class LocalVimClassifier(TimmClassifierMixin, LocalVim):
             raise TypeError('LocalVimClassifier has no out_indices; use forward_features(x, '
                             'out_indices) or forward_intermediates(x, indices) for layer '
                             'outputs.')
-        self.num_classes = num_classes
+        self.num_classes = check_int(num_classes, 'num_classes', type(self).__name__, low=0)
         in_channels = self._in_channels(kwargs, in_chans)
         super().__init__(arch=arch, in_channels=in_channels, out_indices=(), **kwargs)
         self.in_chans = in_channels
@@ -681,7 +702,14 @@ class LocalVimClassifier(TimmClassifierMixin, LocalVim):
             indices = self._check_out_indices(out_indices, self.depth)
             return self.forward_tokens(x, indices)[0]
         _, hidden, residual, _, _ = self.forward_tokens(x)
-        return self.norm_f(residual + self.final_drop_path(hidden))
+        return self._final_tokens(hidden, residual)
+
+    def _final_tokens(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``norm_f(residual + drop_path(hidden))``; as in the blocks, the float32 residual stream
+        enters the norm in the norm's dtype."""
+        tokens = residual + self.final_drop_path(hidden)
+        weight = getattr(self.norm_f, 'weight', None)  # None once pruned to an Identity
+        return self.norm_f(tokens if weight is None else tokens.to(weight.dtype))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, T, C) tokens -> logits (B, num_classes), or the pooled (B, C) with
@@ -725,7 +753,7 @@ class LocalVimClassifier(TimmClassifierMixin, LocalVim):
             feats = [_tokens_to_map(_without_token(f, cls_pos), hw) for f in feats]
         if intermediates_only:
             return feats
-        return self.norm_f(residual + self.final_drop_path(hidden)), feats
+        return self._final_tokens(hidden, residual), feats
 
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1,
                                   prune_norm: bool = False, prune_head: bool = True) -> List[int]:

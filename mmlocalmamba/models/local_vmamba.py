@@ -16,7 +16,8 @@ from timm.layers import DropPath, trunc_normal_
 from ..ops.local_scan import local_selective_scan
 from ..ops.scan_orders import ALL_DIRECTIONS
 from .base import (MATCH_PREV_GROUP, LocalMambaBackbone, ScanLayer, TimmClassifierMixin,
-                   check_backend, check_out_indices, resolve_arch, take_indices)
+                   check_backend, check_bool, check_int, check_int_list, check_layer_directions,
+                   check_number, check_out_indices, check_ssm_args, resolve_arch, take_indices)
 from .layers import MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 
 __all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'SS2D', 'VSSBlock', 'PatchMerging2D',
@@ -61,22 +62,27 @@ _DEFAULT_DIRECTIONS = ['h', 'h_flip', 'v', 'v_flip']
 _ARCH_KEYS = {'dims', 'depths', 'directions', 'candidates', 'd_state', 'ssm_ratio', 'dt_rank'}
 
 
-def _resolve_arch(arch: Union[str, dict]) -> dict:
+def _resolve_arch(arch: Union[str, dict], owner: str = 'LocalVMamba') -> dict:
     arch = resolve_arch(arch, LOCAL_VMAMBA_ARCHS, _ARCH_KEYS, ('dims', 'depths'), 'LocalVMamba')
+    depths = check_int_list(arch['depths'], 'arch depths', owner)
     dims = arch['dims']
-    if isinstance(dims, int):
-        dims = [dims * 2**i for i in range(len(arch['depths']))]
-    if len(dims) != len(arch['depths']):
-        raise ValueError(f'dims {list(dims)} and depths {list(arch["depths"])} must have the same '
+    if not isinstance(dims, (list, tuple)):
+        dims = [check_int(dims, 'arch dims', owner) * 2**i for i in range(len(depths))]
+    dims = check_int_list(dims, 'arch dims', owner)
+    if len(dims) != len(depths):
+        raise ValueError(f'dims {list(dims)} and depths {list(depths)} must have the same '
                          f'length.')
-    arch['dims'] = list(dims)
-    arch['depths'] = list(arch['depths'])
+    arch['dims'], arch['depths'] = dims, depths
     if 'directions' not in arch:
         arch['directions'] = [_DEFAULT_DIRECTIONS] * sum(arch['depths'])
     arch['candidates'] = tuple(arch.get('candidates') or ALL_DIRECTIONS)
     arch.setdefault('d_state', 16)
     arch.setdefault('ssm_ratio', 2.0)
     arch.setdefault('dt_rank', 'auto')
+    check_int(arch['d_state'], 'arch d_state', owner)
+    check_number(arch['ssm_ratio'], 'arch ssm_ratio', owner, low=0, low_open=True)
+    if arch['dt_rank'] != 'auto':
+        check_int(arch['dt_rank'], "arch dt_rank (or 'auto')", owner)
     return arch
 
 
@@ -109,13 +115,16 @@ class SS2D(ScanLayer):
                  official_v_reverse: bool = False,
                  scan_backend: str = 'auto'):
         super().__init__()
-        d_inner = int(ssm_ratio * d_model)
+        owner = type(self).__name__
+        d_inner = check_ssm_args(owner, d_model, d_state, ssm_ratio, 'ssm_ratio', dt_rank, dt_min,
+                                 dt_max, dt_init_floor)
         rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
-        num_dirs = len(directions)
-        self.directions = tuple(directions)
+        self.directions = check_layer_directions(directions, owner)
+        num_dirs = len(self.directions)
+        search = check_bool(search, 'search', owner)
         self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, rank
-        self.official_v_reverse = official_v_reverse
-        self.scan_backend = scan_backend
+        self.official_v_reverse = check_bool(official_v_reverse, 'official_v_reverse', owner)
+        self.scan_backend = check_backend(scan_backend)
 
         # Per-direction SSM parameters, stacked over K (official names and layout).
         x_proj = torch.empty(num_dirs, rank + 2 * d_state, d_inner)
@@ -141,7 +150,6 @@ class SS2D(ScanLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        z = self.act(z)
         x = x.permute(0, 3, 1, 2)
         # On CUDA the depth-wise conv runs channels-last (cuDNN), and its output is the token-
         # major layout that the Triton scan reads without a copy.
@@ -150,10 +158,12 @@ class SS2D(ScanLayer):
         x = self.act(self.conv2d(x))
         ys = local_selective_scan(x, self.x_proj_weight, self.dt_projs_weight,
                                   self.dt_projs_bias, self.A_logs, self.Ds, self.directions,
-                                  self.official_v_reverse, self.scan_backend)  # (B, K, HW, Di)
-        y = self.multi_scan.merge_norm(ys, self.out_norm, backend=self.scan_backend)
-        y = y.view(batch, height, width, -1).to(x.dtype)
-        return self.out_proj(y * z)
+                                  self.official_v_reverse, self.scan_backend,
+                                  self.scan_config)  # (B, K, HW, Di)
+        # out_norm(merge) * SiLU(z), in z's dtype (fused on CUDA)
+        y = self.multi_scan.merge_norm(ys, self.out_norm, self.scan_backend,
+                                       z.reshape(batch, height * width, self.d_inner))
+        return self.out_proj(y.view(batch, height, width, self.d_inner))
 
 
 class VSSBlock(nn.Module):
@@ -161,6 +171,7 @@ class VSSBlock(nn.Module):
 
     def __init__(self, dim: int, drop_path: float = 0., **ss2d_kwargs):
         super().__init__()
+        check_number(drop_path, 'drop_path', type(self).__name__, low=0, high=1, high_open=True)
         self.norm = nn.LayerNorm(dim)
         self.op = SS2D(dim, **ss2d_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -246,10 +257,17 @@ class LocalVMamba(LocalMambaBackbone):
                  scan_backend: str = 'auto',
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
-        arch = _resolve_arch(arch)
+        owner = type(self).__name__
+        arch = _resolve_arch(arch, owner)
         super().__init__(frozen_stages, len(arch['depths']), norm_eval, with_cp, pretrained,
                          init_cfg)
         check_backend(scan_backend)
+        in_channels = check_int(in_channels, 'in_channels', owner)
+        patch_size = check_int(patch_size, 'patch_size', owner)
+        patch_norm = check_bool(patch_norm, 'patch_norm', owner)
+        drop_path_rate = check_number(drop_path_rate, 'drop_path_rate', owner, low=0, high=1,
+                                      high_open=True)
+        official_v_reverse = check_bool(official_v_reverse, 'official_v_reverse', owner)
         self.arch = arch
         dims, depths = arch['dims'], arch['depths']
         num_stages = len(depths)
@@ -260,7 +278,7 @@ class LocalVMamba(LocalMambaBackbone):
         self.official_v_reverse = official_v_reverse
 
         directions, search = resolve_directions(arch['directions'], sum(depths),
-                                                arch['candidates'])
+                                                arch['candidates'], owner)
         self.layer_directions = directions
         self.is_search = all(search)
 
@@ -365,6 +383,7 @@ class LocalVMambaClassifier(TimmClassifierMixin, LocalVMamba):
         if 'out_indices' in kwargs:
             raise TypeError('LocalVMambaClassifier has no out_indices; use '
                             "forward_intermediates(x, indices) or timm's features_only=True.")
+        num_classes = check_int(num_classes, 'num_classes', type(self).__name__, low=0)
         in_channels = self._in_channels(kwargs, in_chans)
         super().__init__(arch=arch, in_channels=in_channels, out_indices=(), **kwargs)
         self.in_chans = in_channels

@@ -27,6 +27,7 @@ default ``drop_path_rate``. Keyword arguments go to :class:`~.LocalVMambaClassif
   LocalVMamba gives its 4 stage outputs (strides 4, 8, 16, 32), LocalVim the mixer outputs of its
   last 3 layers (stride 16; ``out_indices`` picks others), all as NCHW maps.
 """
+import contextlib
 from typing import Callable, Dict
 
 import torch
@@ -35,7 +36,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, resolve_pretrained_cfg
 
 from ..utils.checkpoint import extract_state_dict
-from ..utils.safe_load import register_safe_globals
+from ..utils.safe_load import checkpoint_types_allowed
 from .local_vim import LocalVimClassifier
 from .local_vmamba import LocalVMambaClassifier
 
@@ -112,13 +113,14 @@ def _check_weights_exist(variant: str, kwargs: dict) -> None:
 def _create(cls, variant: str, pretrained: bool, feature_out_indices, **kwargs) -> nn.Module:
     if pretrained:
         _check_weights_exist(variant, kwargs)
-    # timm reads checkpoints with torch.load(weights_only=True): allow the harmless types of the
-    # official checkpoints (argparse.Namespace, numpy scalars).
-    register_safe_globals()
-    # features_only=True: timm's feature getter (forward_intermediates); out_indices= overrides
-    return build_model_with_cfg(
-        cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=feature_out_indices), **kwargs)
+    # timm reads the download with torch.load(weights_only=True); the checked allow-list of the
+    # official checkpoints' types (numpy scalars, argparse.Namespace) is active around it, as
+    # around every load of mmlocalmamba. features_only=True: timm's feature getter
+    # (forward_intermediates); out_indices= overrides the default.
+    with checkpoint_types_allowed() if pretrained else contextlib.nullcontext():
+        return build_model_with_cfg(
+            cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls='getter', out_indices=feature_out_indices), **kwargs)
 
 
 def _local_vmamba(variant: str, pretrained: bool, **kwargs) -> nn.Module:

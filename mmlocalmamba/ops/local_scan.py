@@ -26,7 +26,8 @@ def local_selective_scan(x: torch.Tensor,
                          Ds: torch.Tensor,
                          directions: Sequence[str],
                          official_v_reverse: bool = False,
-                         backend: str = 'auto') -> torch.Tensor:
+                         backend: str = 'auto',
+                         config=None) -> torch.Tensor:
     """Scan a feature map in K directions and return every direction's output, row-major.
 
     For direction k: ``seq = scan_k(x)`` (zero tokens where windows pad), sequences end-padded with
@@ -45,10 +46,12 @@ def local_selective_scan(x: torch.Tensor,
         directions: K direction names.
         official_v_reverse: reproduce the official (wrong for H != W) ``v`` reverse.
         backend: selective-scan backend (see :mod:`mmlocalmamba.ops.selective_scan`).
+        config: launch configuration of the Triton kernels
+            (:class:`~mmlocalmamba.ops.triton.ScanConfig`; None: the default).
 
     Returns:
-        (B, K, H * W, D) scan outputs in row-major token order, in the dtype
-        ``promote(x.dtype, float32)``.
+        (B, K, H * W, D) scan outputs in row-major token order: in x's dtype for fp16 / bf16
+        inputs (the recurrence runs with an fp32 state), else ``promote(x.dtype, float32)``.
 
     Under ``torch.compile`` / ``torch.jit.trace`` the call goes through the custom operator
     ``torch.ops.mmlocalmamba.local_scan`` (same values; see :mod:`.custom_ops`).
@@ -59,18 +62,21 @@ def local_selective_scan(x: torch.Tensor,
             [direction_code(d) for d in directions], bool(official_v_reverse), backend,
             autocast_dtype(x.device))
     return _local_scan_eager(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
-                             directions, official_v_reverse, backend)
+                             directions, official_v_reverse, backend, config)
 
 
 def _local_scan_eager(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, directions,
-                      official_v_reverse, backend):
+                      official_v_reverse, backend, config=None):
     backend = resolve_backend(backend, x.device)
     batch, channels, height, width = x.shape
     if backend == 'triton' and x.dtype != torch.float64 and batch > 0:
         from .triton.scan import local_selective_scan_triton
         tables = kernel_tables(height, width, directions, official_v_reverse, x.device)
+        if config is None:
+            return local_selective_scan_triton(x, x_proj_weight, dt_projs_weight,
+                                               dt_projs_bias, A_logs, Ds, tables)
         return local_selective_scan_triton(x, x_proj_weight, dt_projs_weight, dt_projs_bias,
-                                           A_logs, Ds, tables)
+                                           A_logs, Ds, tables, config)
     num_dirs = len(directions)
     rank = dt_projs_weight.shape[-1]
     nstate = A_logs.shape[-1]
@@ -94,7 +100,15 @@ def _local_scan_eager(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, 
         backend='torch' if backend == 'triton' else backend,
     ).view(batch, num_dirs, channels, length)
     ys = multi_reverse(ys, height, width, directions, official_v_reverse)
-    return ys.transpose(2, 3)
+    return ys.transpose(2, 3).to(_out_dtype(x.dtype))
+
+
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The outputs' dtype: the input's for fp16 / bf16 (computed with an fp32 state), else
+    ``promote(dtype, float32)``."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    return torch.promote_types(dtype, torch.float32)
 
 
 # ----------------------------------------------------------------------------- custom operator
@@ -103,16 +117,15 @@ def _fused_possible(x: torch.Tensor, backend: str) -> bool:
             and resolve_backend(backend, x.device) == 'triton')
 
 
-def _projected(x, x_proj_weight, nstate, proj_dtype):
-    """Channels-last tokens (B, L, D) and their projection x_dbl (B, L, CT) in ``proj_dtype``
-    (the autocast dtype of the caller; None: the promoted input dtype), autocast off."""
+def _tokens(x, x_proj_weight, nstate, proj_dtype):
+    """Channels-last tokens (B, L, D), the projection weight (CT, D) in the kernels' layout and
+    the GEMM input dtype (``proj_dtype``: the caller's autocast dtype; None: promoted)."""
     from .triton.scan import projection_weight
     batch, channels, height, width = x.shape
     x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-    weight = projection_weight(x_proj_weight, nstate)
-    dtype = proj_dtype or torch.promote_types(x.dtype, weight.dtype)
     with torch.autocast(x.device.type, enabled=False):
-        return x_cl, torch.matmul(x_cl.to(dtype), weight.to(dtype).t())
+        weight = projection_weight(x_proj_weight, nstate)
+    return x_cl, weight, proj_dtype or torch.promote_types(x.dtype, weight.dtype)
 
 
 def _local_scan_op_impl(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, codes,
@@ -121,11 +134,12 @@ def _local_scan_op_impl(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs
     if not _fused_possible(x, backend):
         return _local_scan_eager(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
                                  directions, official_v_reverse, 'torch').contiguous()
-    from .triton.scan import local_scan_forward
-    x_cl, x_dbl = _projected(x, x_proj_weight, A_logs.shape[-1], proj_dtype)
+    from .triton.scan import local_scan_forward, project_fp32
+    nstate = A_logs.shape[-1]
+    x_cl, weight, cdt = _tokens(x, x_proj_weight, nstate, proj_dtype)
     tables = kernel_tables(x.shape[2], x.shape[3], directions, official_v_reverse, x.device)
-    return local_scan_forward(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables,
-                              A_logs.shape[-1])[0]
+    return local_scan_forward(x_cl, project_fp32(x_cl, weight, cdt), dt_projs_weight,
+                              dt_projs_bias, A_logs, Ds, tables, nstate, delta_dtype=cdt)[0]
 
 
 def _local_scan_op_backward_impl(dy, x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
@@ -136,20 +150,15 @@ def _local_scan_op_backward_impl(dy, x, x_proj_weight, dt_projs_weight, dt_projs
         return recompute_grads(
             lambda *t: _local_scan_eager(*t, directions, official_v_reverse, 'torch'), inputs,
             dy)
-    from .triton.scan import local_scan_backward, projection_weight
+    from .triton.scan import local_tokens_backward, projection_weight
     nstate = A_logs.shape[-1]
-    x_cl, x_dbl = _projected(x, x_proj_weight, nstate, proj_dtype)
+    x_cl, weight, cdt = _tokens(x, x_proj_weight, nstate, proj_dtype)
     tables = kernel_tables(x.shape[2], x.shape[3], directions, official_v_reverse, x.device)
-    dx_cl, dx_dbl, d_dtw, d_bias, d_alog, d_ds = local_scan_backward(
-        dy, x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables, nstate)
-    # through x_dbl = x_cl @ W^T, W = projection_weight(x_proj_weight)
-    with torch.autocast(x.device.type, enabled=False), torch.enable_grad():
-        xpw = x_proj_weight.detach().requires_grad_(True)
-        weight = projection_weight(xpw, nstate)
-        dx_dbl = dx_dbl.to(x_dbl.dtype)
-        dx_cl = dx_cl + torch.matmul(dx_dbl, weight.to(x_dbl.dtype)).to(dx_cl.dtype)
-        d_weight = torch.matmul(dx_dbl.flatten(0, 1).t(), x_cl.flatten(0, 1).to(x_dbl.dtype))
-        d_xpw, = torch.autograd.grad(weight, xpw, d_weight.to(weight.dtype))
+    dx_cl, d_weight, d_dtw, d_bias, d_alog, d_ds = local_tokens_backward(
+        dy, x_cl, weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables, nstate, cdt=cdt)
+    # through weight = projection_weight(x_proj_weight) (slices, padding: a linear map)
+    _, vjp = torch.func.vjp(lambda w: projection_weight(w, nstate), x_proj_weight)
+    d_xpw, = vjp(d_weight.to(weight.dtype))
     batch, channels, height, width = x.shape
     dx = dx_cl.view(batch, height, width, channels).permute(0, 3, 1, 2).to(x.dtype)
     return [dx, d_xpw, d_dtw, d_bias, d_alog, d_ds]
@@ -173,7 +182,7 @@ if HAS_CUSTOM_OPS:
           official_v_reverse, backend, proj_dtype):
         batch, channels, height, width = x.shape
         return x.new_empty((batch, len(codes), height * width, channels),
-                           dtype=torch.promote_types(x.dtype, torch.float32))
+                           dtype=_out_dtype(x.dtype))
 
     @torch.library.custom_op('mmlocalmamba::local_scan_backward', mutates_args=())
     def _local_scan_backward_op(dy: torch.Tensor, x: torch.Tensor, x_proj_weight: torch.Tensor,

@@ -55,7 +55,7 @@ def parse_direction(direction: str) -> Tuple[str, int, bool]:
     Raises:
         ValueError: for anything that is not a valid direction name.
     """
-    match = _DIRECTION_RE.match(direction) if isinstance(direction, str) else None
+    match = _DIRECTION_RE.fullmatch(direction) if isinstance(direction, str) else None
     if match is None:
         raise ValueError(f'Unknown scan direction {direction!r}; valid forms are '
                          f'{_VALID_FORMS}.')

@@ -4,11 +4,12 @@
   supernet; the ``paramwise_cfg`` recipe for mmengine optimizers.
 * :mod:`.export`: top-k directions per layer from a supernet checkpoint, JSON, config snippet,
   heatmap PNG.
-* :mod:`.trainer`: a small ImageFolder classification search loop (the paper's setting);
-  imported on use (``from mmlocalmamba.search.trainer import search_classification``).
+* :mod:`.trainer`: the pieces of the ImageFolder classification search (the paper's setting):
+  dataset, model wrapper, metric, history hook; imported on use. The search runs on mmengine's
+  Runner through :func:`mmlocalmamba.apis.search_cls.search_classification`.
 
 Searching on detection/segmentation data uses the normal mmdet/mmseg runners with a supernet
-backbone (``directions=None``) and ``ArchWeightsLoggerHook`` (see ``configs/*/search_*.py``).
+backbone (``directions=None``) and ``ArchWeightsLoggerHook`` (see ``configs/*/*-search_*.py``).
 """
 from .arch import (ARCH_PARAM_KEY, arch_candidates, arch_param_names, arch_parameters,
                    arch_paramwise_cfg, arch_probabilities, format_arch_table, layer_label,

@@ -2,7 +2,7 @@
 
 Works on any checkpoint whose state dict holds supernet layers (parameters named
 ``...multi_scan.weights``): mmengine detection/segmentation checkpoints (``backbone.`` prefix),
-checkpoints of :func:`mmlocalmamba.search.trainer.search_classification`, official-style
+checkpoints of :func:`mmlocalmamba.apis.search_cls.search_classification`, official-style
 classification checkpoints (``{'model': ...}`` / ``{'state_dict': ...}``) and plain state dicts.
 
 Selection rule (the paper's): per layer, the ``k`` candidates with the largest
@@ -13,15 +13,16 @@ import json
 import os
 import os.path as osp
 import re
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from mmengine.logging import print_log
 
 from ..ops.scan_orders import ALL_DIRECTIONS, check_direction
-from ..utils.checkpoint import extract_state_dict
-from ..utils.safe_load import safe_torch_load
+from ..utils.checkpoint import extract_state_dict, load_checkpoint_file
 from .arch import ARCH_PARAM_KEY, layer_label
 
 __all__ = [
@@ -64,8 +65,16 @@ class DirectionSearchResult:
 
 
 def _load(checkpoint) -> dict:
+    """The checkpoint dict; a file is loaded onto the CPU, with log lines (large files take a
+    while: full detector checkpoints of the big models hold hundreds of MB)."""
     if isinstance(checkpoint, (str, os.PathLike)):
-        return safe_torch_load(checkpoint, map_location='cpu')
+        size = osp.getsize(checkpoint) / 2**20 if osp.isfile(checkpoint) else 0.0
+        print_log(f'Loading the supernet checkpoint {os.fspath(checkpoint)} ({size:.1f} MiB) ...',
+                  logger='current')
+        start = time.perf_counter()
+        ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
+        print_log(f'Loaded in {time.perf_counter() - start:.1f} s.', logger='current')
+        return ckpt
     if isinstance(checkpoint, dict):
         return checkpoint
     raise TypeError(f'checkpoint must be a path or a loaded dict, got {type(checkpoint).__name__}.')
@@ -86,7 +95,9 @@ def load_arch_logits(checkpoint: Union[str, os.PathLike, dict],
     """The architecture weights of a supernet checkpoint.
 
     Args:
-        checkpoint: path (loaded with ``safe_torch_load``) or an already loaded dict.
+        checkpoint: path or URL (loaded with
+            :func:`~mmlocalmamba.utils.checkpoint.load_checkpoint_file`: checked
+            ``weights_only``, ``$MMLOCALMAMBA_TRUST_CHECKPOINTS`` honoured) or a loaded dict.
         prefix: keep only keys under it (e.g. ``'backbone.'``); None strips ``backbone.``
             automatically (see :func:`mmlocalmamba.utils.checkpoint.extract_state_dict`).
 
@@ -331,6 +342,8 @@ def export_all(checkpoint, out_dir: str, topk: int = 4,
         (the result, ``{'json': path, 'snippet': path, 'png': path}``).
     """
     result = export_directions(checkpoint, topk=topk, candidates=candidates, prefix=prefix)
+    print_log(f'Top-{topk} directions of {len(result.layers)} search layers; writing '
+              f'{name}.json, {name}.py and {name}.png to {out_dir}', logger='current')
     os.makedirs(out_dir, exist_ok=True)
     paths = dict(json=osp.join(out_dir, f'{name}.json'),
                  snippet=osp.join(out_dir, f'{name}.py'),

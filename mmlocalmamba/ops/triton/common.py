@@ -12,9 +12,9 @@ __all__ = ['MIN_TRITON_VERSION', 'triton_version', 'unavailable_reason', 'is_ava
            'interpreting', 'cdiv']
 
 #: The oldest Triton the kernels compile with: the backward's lane reduce-scatter uses
-#: ``tl.gather`` (Triton 3.2, the version torch 2.6 pins). Tested: Triton 3.6 (GPU), 3.8 (CPU
-#: interpreter).
-MIN_TRITON_VERSION: Tuple[int, int] = (3, 2)
+#: ``tl.gather``, first released in Triton 3.3 (the version torch 2.7 pins). Tested: Triton 3.6
+#: (GPU), 3.8 (CPU interpreter).
+MIN_TRITON_VERSION: Tuple[int, int] = (3, 3)
 
 
 def _parse(version: str) -> Tuple[int, ...]:

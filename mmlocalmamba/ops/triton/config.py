@@ -60,6 +60,9 @@ class ScanConfig:
             backward's decay recomputed through ``ex2.approx`` kept apart from the recompute's
             (fewer registers). Triton's interpreter has no inline assembly: it always runs the
             plain formulas.
+        bwd_scratch: the backward keeps a chunk's recomputed states in a per-program scratch
+            buffer (L1/L2) instead of registers: plain loops instead of an unrolled chunk, fewer
+            registers per thread, any ``bwd.T``, a smaller kernel to compile.
     """
 
     fwd: Tile = field(default_factory=lambda: Tile(CH=1, DL=32, num_warps=1, maxnreg=80))
@@ -71,6 +74,7 @@ class ScanConfig:
     ck_max_bytes: float = 4e9
     du_atomic: bool = True
     inline_asm: bool = True
+    bwd_scratch: bool = False
 
     @property
     def ck_spacing(self) -> int:

@@ -119,25 +119,29 @@ def _check_args(ys, attn_w, attn_b, w1, b1, w2, b2, out_w, out_b):
 
 
 def scattn_merge_triton(ys, attn_w, attn_b, attn_eps, w1, b1, w2, b2, out_w, out_b, out_eps,
-                        tile_elements: int = TILE_ELEMENTS) -> torch.Tensor:
+                        z=None, tile_elements: int = TILE_ELEMENTS) -> torch.Tensor:
     """Fused SCAttn merge + out_norm (Triton), same arguments and values as
-    :func:`scattn_merge_reference`; differentiable w.r.t. ``ys`` and the 8 parameter tensors.
+    :func:`mmlocalmamba.ops.merge.scattn_merge_reference`; differentiable w.r.t. ``ys``, the 8
+    parameter tensors and ``z``.
 
     Args:
         ys: (B, K, L, C) CUDA tensor (CPU under the Triton interpreter), fp32 / bf16 / fp16,
-            any strides. float64 is computed by the PyTorch reference.
+            any strides.
         attn_w, attn_b: (C,); attn_eps: float. w1: (R, C), b1: (R,), w2: (C, R), b2: (C,).
         out_w, out_b: (C,); out_eps: float.
+        z: optional (B, L, C) gate, any strides: the result is ``out * SiLU(z)`` in z's dtype
+            (the SS2D output gate, fused).
         tile_elements: target elements of a program's (tokens x channels) tile.
 
     Returns:
-        (B, L, C) contiguous float32 tensor.
+        (B, L, C) contiguous tensor: float32, or z's dtype with ``z``.
 
     Raises:
         ValueError / TypeError: for wrong shapes, dtypes or devices; RuntimeError when ys is
         not on CUDA (outside the interpreter) or triton is missing.
     """
     _check_args(ys, attn_w, attn_b, w1, b1, w2, b2, out_w, out_b)
+    _check_gate(ys, z)
     if ys.dtype == torch.float64:
         raise TypeError('scattn_merge_triton computes in fp32; float64 inputs go to the PyTorch '
                         'reference (mmlocalmamba.ops.merge.scattn_merge_reference).')
@@ -148,23 +152,36 @@ def scattn_merge_triton(ys, attn_w, attn_b, attn_eps, w1, b1, w2, b2, out_w, out
         raise RuntimeError(f'scattn_merge_triton needs CUDA tensors, got ys on {ys.device} '
                            '(set TRITON_INTERPRET=1 to run the kernels on the CPU).')
     return _ScAttnMergeFn.apply(ys, attn_w, attn_b, float(attn_eps), w1, b1, w2, b2, out_w,
-                                out_b, float(out_eps), int(tile_elements))
+                                out_b, float(out_eps), z, int(tile_elements))
+
+
+def _check_gate(ys, z):
+    if z is None:
+        return
+    batch, _, length, num_ch = ys.shape
+    if not isinstance(z, torch.Tensor) or tuple(z.shape) != (batch, length, num_ch):
+        raise ValueError(f'z must be a ({batch}, {length}, {num_ch}) tensor, got '
+                         f'{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z)}.')
+    if z.dtype not in (torch.float32, torch.bfloat16, torch.float16) or z.device != ys.device:
+        raise TypeError(f'z must be a float32 / bfloat16 / float16 tensor on {ys.device}, got '
+                        f'{z.dtype} on {z.device}.')
 
 
 def _no_autocast(device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def merge_forward(ys, params, attn_eps, out_eps, tile_elements=TILE_ELEMENTS):
+def merge_forward(ys, params, attn_eps, out_eps, z=None, tile_elements=TILE_ELEMENTS):
     """The forward passes of the fused merge.
 
     Args:
         ys: (B, K, L, C) CUDA tensor (fp32 / bf16 / fp16, any strides).
         params: the 8 parameter tensors (attn_w, attn_b, w1, b1, w2, b2, out_w, out_b).
+        z: optional (B, L, C) gate (the result is ``out * SiLU(z)`` in z's dtype).
 
     Returns:
-        (out, saved): out (B, L, C) float32; saved = (gate (B, K, C), m (B, K, C), mean (B, L),
-        rstd (B, L)), all float32, what :func:`merge_backward` needs.
+        (out, saved): out (B, L, C) float32 (z's dtype with ``z``); saved = (gate (B, K, C),
+        m (B, K, C), mean (B, L), rstd (B, L)), all float32, what :func:`merge_backward` needs.
     """
     batch, num_dirs, length, num_ch = ys.shape
     dev = ys.device
@@ -179,19 +196,22 @@ def merge_forward(ys, params, attn_eps, out_eps, tile_elements=TILE_ELEMENTS):
     m = part.sum(1).div_(length)  # (B, K, C): token mean of xhat
     with _no_autocast(dev):
         gate = _gate_mlp(m, aw, ab, pw1, pb1, pw2, pb2).contiguous()
-    out = torch.empty((batch, length, num_ch), dtype=torch.float32, device=dev)
+    out = torch.empty((batch, length, num_ch), dtype=torch.float32 if z is None else z.dtype,
+                      device=dev)
     mean = torch.empty((batch, length), dtype=torch.float32, device=dev)
     rstd = torch.empty((batch, length), dtype=torch.float32, device=dev)
-    kern._combine_kernel[grid](ys, *ys.stride(), gate, ow, ob, out, mean, rstd, num_dirs, length,
-                               num_ch, out_eps, BL=bl, CP=cp, num_warps=warps)
+    zt, zs = (out, (0, 0, 0)) if z is None else (z, z.stride())
+    kern._combine_kernel[grid](ys, *ys.stride(), gate, ow, ob, out, mean, rstd, zt, *zs,
+                               num_dirs, length, num_ch, out_eps, BL=bl, CP=cp,
+                               GATE_Z=z is not None, num_warps=warps)
     return out, (gate, m, mean, rstd)
 
 
-def merge_backward(dout, ys, params, saved, attn_eps, need_dys=True,
+def merge_backward(dout, ys, params, saved, attn_eps, need_dys=True, z=None,
                    tile_elements=TILE_ELEMENTS):
-    """Gradients (d ys, then one per parameter, in the parameters' dtypes) of
+    """Gradients [d ys, one per parameter (in the parameters' dtypes), d z] of
     :func:`merge_forward` for ``dout`` (B, L, C), any strides; d ys is None unless
-    ``need_dys``."""
+    ``need_dys``, d z is None without ``z``."""
     gate, m, mean, rstd = saved
     batch, num_dirs, length, num_ch = ys.shape
     dev = ys.device
@@ -199,16 +219,20 @@ def merge_backward(dout, ys, params, saved, attn_eps, need_dys=True,
     nblk = cdiv(length, bl)
     grid = (nblk, batch)
     aw, ab, pw1, pb1, pw2, pb2, ow, ob = _fp32(params)
-    if dout.dtype != torch.float32:
-        dout = dout.float()
     kern = _kernels()
     dacc = torch.empty((batch, length, num_ch), dtype=torch.float32, device=dev)
     dgate_part = torch.empty((batch, nblk, num_dirs, num_ch), dtype=torch.float32, device=dev)
     dow_part = torch.empty((batch, nblk, num_ch), dtype=torch.float32, device=dev)
     dob_part = torch.empty((batch, nblk, num_ch), dtype=torch.float32, device=dev)
-    kern._bwd_a_kernel[grid](ys, *ys.stride(), gate, ow, dout, *dout.stride(), mean, rstd, dacc,
-                             dgate_part, dow_part, dob_part, num_dirs, length, num_ch, BL=bl,
-                             CP=cp, num_warps=warps)
+    if z is None:
+        zt, zs, dz = dacc, (0, 0, 0), None
+    else:
+        zt, zs = z, z.stride()
+        dz = torch.empty((batch, length, num_ch), dtype=z.dtype, device=dev)
+    kern._bwd_a_kernel[grid](ys, *ys.stride(), gate, ow, ob, dout, *dout.stride(), mean, rstd,
+                             dacc, dgate_part, dow_part, dob_part, zt, *zs,
+                             dacc if dz is None else dz, num_dirs, length, num_ch, BL=bl, CP=cp,
+                             GATE_Z=z is not None, num_warps=warps)
     dgate = dgate_part.sum(1)
     d_out_w = dow_part.sum((0, 1))
     d_out_b = dob_part.sum((0, 1))
@@ -224,7 +248,7 @@ def merge_backward(dout, ys, params, saved, attn_eps, need_dys=True,
                                  num_dirs, length, num_ch, attn_eps, BL=bl, CP=cp,
                                  num_warps=warps)
     grads = [g.to(p.dtype) for g, p in zip(dparams + [d_out_w, d_out_b], params)]
-    return [dys] + grads
+    return [dys] + grads + [dz]
 
 
 def _fp32(params):
@@ -235,18 +259,19 @@ class _ScAttnMergeFn(torch.autograd.Function):
     """Autograd of :func:`scattn_merge_triton` (see the module docstring for the passes)."""
 
     @staticmethod
-    def forward(ctx, ys, attn_w, attn_b, attn_eps, w1, b1, w2, b2, out_w, out_b, out_eps,
+    def forward(ctx, ys, attn_w, attn_b, attn_eps, w1, b1, w2, b2, out_w, out_b, out_eps, z,
                 tile_elements):
         params = (attn_w, attn_b, w1, b1, w2, b2, out_w, out_b)
-        out, saved = merge_forward(ys, params, attn_eps, out_eps, tile_elements)
-        ctx.save_for_backward(ys, *params, *saved)
+        out, saved = merge_forward(ys, params, attn_eps, out_eps, z, tile_elements)
+        ctx.save_for_backward(ys, *params, *saved, z)
         ctx.attn_eps, ctx.tile_elements = attn_eps, tile_elements
         return out
 
     @staticmethod
     def backward(ctx, dout):
         ys, *rest = ctx.saved_tensors
-        params, saved = rest[:8], rest[8:]
-        dys, d_aw, d_ab, d_w1, d_b1, d_w2, d_b2, d_ow, d_ob = merge_backward(
-            dout, ys, params, saved, ctx.attn_eps, ctx.needs_input_grad[0], ctx.tile_elements)
-        return dys, d_aw, d_ab, None, d_w1, d_b1, d_w2, d_b2, d_ow, d_ob, None, None
+        params, saved, z = rest[:8], rest[8:12], rest[12]
+        dys, d_aw, d_ab, d_w1, d_b1, d_w2, d_b2, d_ow, d_ob, dz = merge_backward(
+            dout, ys, params, saved, ctx.attn_eps, ctx.needs_input_grad[0], z,
+            ctx.tile_elements)
+        return dys, d_aw, d_ab, None, d_w1, d_b1, d_w2, d_b2, d_ow, d_ob, None, dz, None

@@ -5,6 +5,9 @@ See :mod:`mmlocalmamba.ops.triton.merge` for the passes and the tensors.
 import triton
 import triton.language as tl
 
+# The sequence length ``L`` changes with the input size and is not specialised (no new kernel
+# variant per image size); the strides are multiples of the channel count and stay specialised.
+
 
 @triton.jit
 def _tile_offsets(L, C, BL: tl.constexpr, CP: tl.constexpr):
@@ -41,7 +44,7 @@ def _gated_sum(y_k, syk, offs, g_k, cols, mask, cmask, K, C, BL: tl.constexpr,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['L'])
 def _stats_kernel(y_ptr, syb, syk, syl, syc, part_ptr, K, L, C, eps,
                   BL: tl.constexpr, CP: tl.constexpr):
     """part[b, blk, k, :] = sum over the block's rows of xhat(ys[b, k, row, :])."""
@@ -59,10 +62,12 @@ def _stats_kernel(y_ptr, syb, syk, syl, syc, part_ptr, K, L, C, eps,
         out_k += C
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['L'])
 def _combine_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, w_ptr, bias_ptr, out_ptr, mean_ptr,
-                    rstd_ptr, K, L, C, eps, BL: tl.constexpr, CP: tl.constexpr):
-    """out = LayerNorm(sum_k ys[b, k] * gate[b, k]) * w + bias; mean / rstd per row."""
+                    rstd_ptr, z_ptr, szb, szl, szc, K, L, C, eps, BL: tl.constexpr,
+                    CP: tl.constexpr, GATE_Z: tl.constexpr):
+    """out = LayerNorm(sum_k ys[b, k] * gate[b, k]) * w + bias (times SiLU(z) with ``GATE_Z``,
+    stored in out's dtype); mean / rstd per row."""
     blk = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     local, rows, cols, rmask, cmask, mask = _tile_offsets(L, C, BL, CP)
@@ -73,18 +78,26 @@ def _combine_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, w_ptr, bias_ptr, out_pt
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
     bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
     out = diff * rstd[:, None] * w[None, :] + bias[None, :]
+    if GATE_Z:
+        z = tl.load(z_ptr + b * szb + rows[:, None] * szl + cols[None, :] * szc, mask=mask,
+                    other=0.0).to(tl.float32)
+        out = out * (z * tl.sigmoid(z))
     tok = b * L + rows
-    tl.store(out_ptr + tok[:, None] * C + cols[None, :], out, mask=mask)
+    tl.store(out_ptr + tok[:, None] * C + cols[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=mask)
     tl.store(mean_ptr + tok, mean, mask=rmask)
     tl.store(rstd_ptr + tok, rstd, mask=rmask)
 
 
-@triton.jit
-def _bwd_a_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, w_ptr, dout_ptr, sdb, sdl, sdc,
+@triton.jit(do_not_specialize=['L'])
+def _bwd_a_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, w_ptr, bias_ptr, dout_ptr, sdb, sdl, sdc,
                   mean_ptr, rstd_ptr, dacc_ptr, dgate_part_ptr, dw_part_ptr, db_part_ptr,
-                  K, L, C, BL: tl.constexpr, CP: tl.constexpr):
+                  z_ptr, szb, szl, szc, dz_ptr, K, L, C, BL: tl.constexpr, CP: tl.constexpr,
+                  GATE_Z: tl.constexpr):
     """dacc (LayerNorm backward of dout) and the block's partial sums of dacc * y_k,
-    dout * ohat and dout."""
+    dout * ohat and dout. With ``GATE_Z`` the upstream gradient is that of
+    ``out * SiLU(z)``: d out = dres * SiLU(z), and d z (stored contiguous, in z's dtype) =
+    dres * out * SiLU'(z)."""
     blk = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     local, rows, cols, rmask, cmask, mask = _tile_offsets(L, C, BL, CP)
@@ -99,6 +112,16 @@ def _bwd_a_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, w_ptr, dout_ptr, sdb, sdl
     d_offs = rows[:, None] * sdl + cols[None, :] * sdc
     dout = tl.load(dout_ptr + b * sdb + d_offs, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
+    if GATE_Z:
+        bias = tl.load(bias_ptr + cols, mask=cmask, other=0.0)
+        z = tl.load(z_ptr + b * szb + rows[:, None] * szl + cols[None, :] * szc, mask=mask,
+                    other=0.0).to(tl.float32)
+        sig = tl.sigmoid(z)
+        out = ohat * w[None, :] + bias[None, :]
+        dz = dout * out * (sig * (1.0 + z * (1.0 - sig)))
+        tl.store(dz_ptr + tok[:, None] * C + cols[None, :], dz.to(dz_ptr.dtype.element_ty),
+                 mask=mask)
+        dout = tl.where(mask, dout * (z * sig), 0.0)
     g = dout * w[None, :]
     mean_g = tl.sum(g, axis=1) / C
     mean_go = tl.sum(g * ohat, axis=1) / C
@@ -117,7 +140,7 @@ def _bwd_a_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, w_ptr, dout_ptr, sdb, sdl
         dg_k += C
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['L'])
 def _bwd_b_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, dm_ptr, dacc_ptr, dy_ptr, sdyb,
                   sdyk, sdyl, sdyc, K, L, C, eps, BL: tl.constexpr, CP: tl.constexpr):
     """dys[b, k] = LayerNorm backward of the per-(b, k) constant upstream dm[b, k] (already

@@ -32,6 +32,7 @@ Triton is imported only when a kernel is first needed, so this module imports wi
 """
 import copy
 import math
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -40,7 +41,8 @@ from .common import cdiv, interpreting
 from .config import DEFAULT_SCAN_CONFIG, ScanConfig
 
 __all__ = ['local_selective_scan_triton', 'selective_scan_triton', 'projection_weight',
-           'project', 'scan_projected', 'local_scan_forward', 'local_scan_backward']
+           'project', 'project_fp32', 'compute_dtype', 'scan_projected', 'local_scan_forward',
+           'local_scan_backward', 'local_tokens_backward']
 
 LOG2E = 1.4426950408889634
 
@@ -74,6 +76,46 @@ def projection_weight(x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
 def project(x_cl: torch.Tensor, x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
     """``x_dbl`` (B, L, CT) of channels-last tokens ``x_cl`` (B, L, D), see projection_weight."""
     return torch.matmul(x_cl, projection_weight(x_proj_weight, nstate).t())
+
+
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the projection GEMMs take their inputs in: the autocast dtype where autocast is
+    on for x's device type, else ``promote(x.dtype, weight.dtype)``."""
+    kind = x.device.type
+    if kind in ('cuda', 'cpu') and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return torch.promote_types(x.dtype, weight.dtype)
+
+
+@lru_cache(maxsize=None)
+def _mm_out_dtype_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this torch has ``mm(..., out_dtype=float32)`` for half inputs on ``device``."""
+    try:
+        a = torch.zeros(2, 2, device=device, dtype=dtype)
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (2-D) accumulated and returned in fp32, inputs in their own (half) dtype: one
+    GEMM with an fp32 result where torch has it (``mm(out_dtype=)``), else cast after."""
+    if a.dtype in (torch.float16, torch.bfloat16) and _mm_out_dtype_works(a.device, a.dtype):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b).float()
+
+
+def project_fp32(x_cl: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x_dbl = x_cl @ weight^T`` (B, L, CT) in fp32 from inputs in ``dtype`` (autocast off).
+
+    The kernels then read B, C and dt without unpacking half values (about a fifth of the
+    forward loop's instructions), and nothing of this size is saved for the backward (it is
+    recomputed there: one GEMM).
+    """
+    batch, length, num_ch = x_cl.shape
+    with torch.autocast(x_cl.device.type, enabled=False):
+        out = _mm_fp32(x_cl.reshape(batch * length, num_ch).to(dtype), weight.to(dtype).t())
+    return out.view(batch, length, weight.shape[0])
 
 
 def _pow2(value: int, minimum: int) -> int:
@@ -279,15 +321,22 @@ class _Problem:
                           dtype=torch.float32, device=dev) if not self.delta_full else da)
         grid = (self.batch * self.num_dirs, nblk, segs)
         opts = bwd.launch_options()
+        if self.config.bwd_scratch:
+            chdl = bwd.CH * bwd.DL
+            scratch = torch.empty((grid[0] * nblk * segs, bwd.T * (self.nstate + 1) * chdl),
+                                  dtype=torch.float32, device=dev)
+        else:
+            scratch = da
         kern.scan_bwd_kernel[grid](
             *self.common(), dy, *dy_strides, du, *du_strides, ddt, *ddt_strides, db,
             *db_strides, dc, *dc_strides, da, dd, dbias, dw, ck, num_ck, es, segs, seg_len,
-            *tables, self.num_dirs, self.num_ch, self.rank, num_tokens, **self.flags(),
+            *tables, self.num_dirs, self.num_ch, self.rank, num_tokens, scratch, **self.flags(),
             SEPARATE_SCATTER=separate, DU_ATOMIC=du_atomic, LOAD_E=segs > 1,
             USE_RS=(bwd.DL == 32 and opts['num_warps'] == 1 and self.rp <= 64
                     and self.nstate <= 32),
-            RECOMPUTE_DECAY=self.config.inline_asm and not interpreting(),
-            CKM=self.config.ck_every, T=bwd.T, **bwd.constexprs(), **opts)
+            ASM_DECAY=self.config.inline_asm and not interpreting(),
+            CKM=self.config.ck_every, T=bwd.T, SCRATCH=self.config.bwd_scratch,
+            **bwd.constexprs(), **opts)
         shape = (self.batch * segs, self.num_dirs * self.num_ch)
         return (da.view(*shape, self.nstate).sum(0), dd.view(shape).sum(0),
                 dbias.view(shape).sum(0), None if self.delta_full else dw.sum(0))
@@ -307,17 +356,25 @@ def _param_tables(A_logs, Ds, bias, num_dirs, num_ch, nstate, w=None, rank=0, rp
     return A, a2, dskip, bias_t, wt
 
 
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scan outputs are stored in the input's dtype for fp16 / bf16 inputs, else in fp32."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
 def local_scan_forward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate,
-                       config: ScanConfig = DEFAULT_SCAN_CONFIG):
+                       config: ScanConfig = DEFAULT_SCAN_CONFIG, delta_dtype=None):
     """Forward of the fused scan given channels-last tokens and their projection.
 
     Args:
         x_cl: (B, L, D) tokens in natural order; x_dbl: (B, L, CT) from :func:`project`;
         dt_w: (K, D, R); dt_bias: (K, D); A_logs: (K * D, N); Ds: (K * D,);
         tables: :class:`~mmlocalmamba.ops.scan_orders.ScanTables`; nstate: N.
+        delta_dtype: dtype of the delta GEMM for ranks above ``config.lowrank_max`` (None:
+            x_dbl's).
 
     Returns:
-        (y, saved): y (B, K, L, D) float32 outputs at natural positions; ``saved`` the derived
+        (y, saved): y (B, K, L, D) outputs at natural positions (in x_cl's dtype for fp16 /
+        bf16 inputs, else float32; the state is fp32 either way); ``saved`` the derived
         fp32 parameter tables and segment summaries that :func:`local_scan_backward` can reuse
         (None: it recomputes them).
     """
@@ -326,15 +383,16 @@ def local_scan_forward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate,
     full = rank > config.lowrank_max
     A, a2, dskip, bias, wt = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate,
                                            None if full else dt_w, rank, _rank_pad(rank))
-    prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config)
-    y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=torch.float32,
+    prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config,
+                         delta_dtype)
+    y = torch.empty((batch, num_dirs, num_tokens, num_ch), dtype=_out_dtype(x_cl.dtype),
                     device=x_cl.device)
     prob.forward(y=y, y_strides=(y.stride(0), y.stride(1), y.stride(3), y.stride(2)))
     return y, (A, a2, dskip, bias, wt, prob.summaries)
 
 
 def local_scan_backward(dy, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate,
-                        config: ScanConfig = DEFAULT_SCAN_CONFIG, saved=None):
+                        config: ScanConfig = DEFAULT_SCAN_CONFIG, saved=None, delta_dtype=None):
     """Gradients (d x_cl, d x_dbl, d dt_w, d dt_bias, d A_logs, d Ds) of
     :func:`local_scan_forward` for the output gradient ``dy`` (B, K, L, D), any strides."""
     batch, num_tokens, num_ch = x_cl.shape
@@ -344,7 +402,8 @@ def local_scan_backward(dy, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nsta
         saved = _param_tables(A_logs, Ds, dt_bias, num_dirs, num_ch, nstate,
                               None if full else dt_w, rank, _rank_pad(rank)) + (None, )
     A, a2, dskip, bias, wt, summaries = saved
-    prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config)
+    prob = _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config,
+                         delta_dtype)
     prob.summaries = summaries
     dev = x_cl.device
     # dy arrives as (B, K, HW, D) with any strides; the kernel takes (b, k, d, l) strides.
@@ -370,10 +429,12 @@ def local_scan_backward(dy, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nsta
     if full:
         # delta_raw = dt @ W^T: the two GEMMs of its backward, in the forward GEMM's dtype
         dt = _dt_view(x_dbl, num_dirs, nstate, rank)
-        ddelta = ddt.to(dt.dtype)
-        _dt_view(dxdbl, num_dirs, nstate, rank).copy_(
-            torch.einsum('blkd,kdr->blkr', ddelta, dt_w.to(dt.dtype)))
-        d_w = torch.einsum('blkd,blkr->kdr', ddelta, dt)
+        gdt = delta_dtype or dt.dtype
+        ddelta = ddt.to(gdt)
+        with torch.autocast(dev.type, enabled=False):
+            _dt_view(dxdbl, num_dirs, nstate, rank).copy_(
+                torch.einsum('blkd,kdr->blkr', ddelta, dt_w.to(gdt)))
+            d_w = torch.einsum('blkd,blkr->kdr', ddelta, dt.to(gdt))
     else:
         d_w = dw[:, :rank].transpose(1, 2)
     dx = du if du_atomic else du.sum(1)
@@ -409,11 +470,53 @@ class _LocalScanFn(torch.autograd.Function):
         return grads + (None, None, None)
 
 
-def _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config):
+class _LocalScanTokensFn(torch.autograd.Function):
+    """Autograd of the fused scan given channels-last tokens and the projection weight (the
+    kernels' layout, :func:`projection_weight`): x_dbl is formed in fp32 by one GEMM from
+    inputs in ``cdt`` (the caller's autocast dtype) and recomputed in the backward."""
+
+    @staticmethod
+    def forward(ctx, x_cl, w_proj, dt_w, dt_bias, A_logs, Ds, tables, nstate, config, cdt):
+        x_dbl = project_fp32(x_cl, w_proj, cdt)
+        y, saved = local_scan_forward(x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate,
+                                      config, cdt)
+        ctx.save_for_backward(x_cl, w_proj, dt_w, dt_bias, A_logs, Ds)
+        ctx.tables, ctx.nstate, ctx.config, ctx.cdt = tables, nstate, config, cdt
+        ctx.derived = saved
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_cl, w_proj, dt_w, dt_bias, A_logs, Ds = ctx.saved_tensors
+        grads = local_tokens_backward(dy, x_cl, w_proj, dt_w, dt_bias, A_logs, Ds, ctx.tables,
+                                      ctx.nstate, ctx.config, ctx.cdt, ctx.derived)
+        return tuple(grads) + (None, None, None, None)
+
+
+def local_tokens_backward(dy, x_cl, w_proj, dt_w, dt_bias, A_logs, Ds, tables, nstate,
+                          config=DEFAULT_SCAN_CONFIG, cdt=None, saved=None):
+    """Gradients (d x_cl, d w_proj, d dt_w, d dt_bias, d A_logs, d Ds) of the scan of tokens
+    ``x_cl`` (B, L, D) with the projection weight ``w_proj`` (CT, D) (see
+    :class:`_LocalScanTokensFn`); the projection GEMM is recomputed."""
+    cdt = cdt or torch.promote_types(x_cl.dtype, w_proj.dtype)
+    x_dbl = project_fp32(x_cl, w_proj, cdt)
+    dx_cl, dx_dbl, d_dtw, d_bias, d_alog, d_ds = local_scan_backward(
+        dy, x_cl, x_dbl, dt_w, dt_bias, A_logs, Ds, tables, nstate, config, saved, cdt)
+    batch, length, num_ch = x_cl.shape
+    g = dx_dbl.reshape(batch * length, -1).to(cdt)
+    tokens = x_cl.reshape(batch * length, num_ch).to(cdt)
+    with torch.autocast(x_cl.device.type, enabled=False):
+        dx_cl = dx_cl + torch.mm(g, w_proj.to(cdt)).view_as(dx_cl).to(dx_cl.dtype)
+        d_w = _mm_fp32(g.t(), tokens)
+    return [dx_cl, d_w.to(w_proj.dtype), d_dtw, d_bias, d_alog, d_ds]
+
+
+def _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, config,
+                  delta_dtype=None):
     """The _Problem of one local scan (low-rank dt, or delta formed in full: see _LocalScanFn)."""
     if full:
-        return _local_full_problem(x_cl, x_dbl, _full_delta(x_dbl, dt_w, nstate), a2, dskip,
-                                   bias, tables, nstate, config)
+        return _local_full_problem(x_cl, x_dbl, _full_delta(x_dbl, dt_w, nstate, delta_dtype),
+                                   a2, dskip, bias, tables, nstate, config)
     num_dirs, _, rank = dt_w.shape
     return _local_problem(x_cl, x_dbl, wt, a2, dskip, bias, tables, rank, nstate, num_dirs,
                           config)
@@ -425,10 +528,12 @@ def _dt_view(x_dbl, num_dirs, nstate, rank):
     return x_dbl[..., 2 * kn:].unflatten(-1, (num_dirs, _rank_pad(rank)))[..., :rank]
 
 
-def _full_delta(x_dbl, dt_w, nstate):
-    """delta before bias and softplus, (B, L, K, D), in x_dbl's dtype."""
+def _full_delta(x_dbl, dt_w, nstate, dtype=None):
+    """delta before bias and softplus, (B, L, K, D), in ``dtype`` (None: x_dbl's)."""
     dt = _dt_view(x_dbl, dt_w.shape[0], nstate, dt_w.shape[2])
-    return torch.einsum('blkr,kdr->blkd', dt, dt_w.to(dt.dtype))
+    dtype = dtype or dt.dtype
+    with torch.autocast(x_dbl.device.type, enabled=False):
+        return torch.einsum('blkr,kdr->blkd', dt.to(dtype), dt_w.to(dtype))
 
 
 def _full_delta_strides(delta):
@@ -524,7 +629,8 @@ def local_selective_scan_triton(x: torch.Tensor,
         config: launch configuration.
 
     Returns:
-        (B, K, H * W, D) float32 scan outputs in row-major token order.
+        (B, K, H * W, D) scan outputs in row-major token order, in x's dtype for fp16 / bf16
+        inputs, else float32.
     """
     num_dirs, num_ch, rank, nstate = _check_local_args(x, x_proj_weight, dt_projs_weight,
                                                        dt_projs_bias, A_logs, Ds, tables)
@@ -532,16 +638,18 @@ def local_selective_scan_triton(x: torch.Tensor,
         raise RuntimeError(f'The Triton scan needs CUDA tensors, got x on {x.device}.')
     batch, _, height, width = x.shape
     x_cl = x.permute(0, 2, 3, 1).reshape(batch, height * width, num_ch)
-    # Projection in natural order, columns [B | C | dt] (see projection_weight).
-    x_dbl = project(x_cl, x_proj_weight, nstate)
-    return scan_projected(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables,
-                          nstate, config)
+    # Projection in natural order, columns [B | C | dt] (see projection_weight), formed in
+    # fp32 inside the autograd Function.
+    w_proj = projection_weight(x_proj_weight, nstate)
+    return _LocalScanTokensFn.apply(x_cl, w_proj, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                                    tables, nstate, config, compute_dtype(x_cl, w_proj))
 
 
 def scan_projected(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables, nstate,
                    config: ScanConfig = DEFAULT_SCAN_CONFIG):
     """The scan (autograd) given channels-last tokens ``x_cl`` (B, L, D) and their projection
-    ``x_dbl`` (B, L, CT) from :func:`project`: (B, K, L, D) float32."""
+    ``x_dbl`` (B, L, CT) from :func:`project`: (B, K, L, D) (dtype as
+    :func:`local_scan_forward`)."""
     return _LocalScanFn.apply(x_cl, x_dbl, dt_projs_weight, dt_projs_bias, A_logs, Ds, tables,
                               nstate, config)
 

@@ -36,6 +36,15 @@ import triton.language as tl
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
 
+# Integer arguments that change with the input size (sequence lengths, token counts, segment
+# and checkpoint counts) are not specialised: a new image size compiles no new kernel variant.
+# (Strides stay specialised: their divisibility keeps the B / C / dt rows vector loads, and
+# they are multiples of the channel counts, which do not change with the image size.) ``tab_sd``
+# is 1 at run time but never specialised (see ``_prologue``).
+_SIZE_ARGS = ['tab_sd', 'num_ck', 'num_seg', 'seg_len', 'table_len', 'num_tokens']
+_SIZE_ARGS_COMBINE = ['tab_sd', 'num_seg']
+_SIZE_ARGS_BWD = _SIZE_ARGS
+
 
 @triton.jit
 def _lg2_asm(x):
@@ -188,7 +197,7 @@ def _load_dskip(dskip_ptr, tkd, dmask, DL: tl.constexpr, CH: tl.constexpr,
     return tl.zeros([DL, 1, CH], tl.float32)
 
 
-@triton.jit(do_not_specialize=['tab_sd'])
+@triton.jit(do_not_specialize=_SIZE_ARGS)
 def scan_fwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
@@ -271,7 +280,7 @@ def scan_fwd_kernel(
         h, y, delta = _fwd_step(h, ua, da, ba, ca, fa, t < s1, w, bias, a2, dskip, DELTA_FULL,
                                 SOFTPLUS, STORE_Y)
         if STORE_Y:
-            tl.store((y_base + qa * sy_l) + y_off, y,
+            tl.store((y_base + qa * sy_l) + y_off, y.to(y_ptr.dtype.element_ty),
                      mask=dmask & (qa < num_tokens) & (t < s1))
         if SUMMARY:
             dsum += delta
@@ -286,7 +295,7 @@ def scan_fwd_kernel(
         h, y, delta = _fwd_step(h, ub, db, bb, cb, fb, t + 1 < s1, w, bias, a2, dskip,
                                 DELTA_FULL, SOFTPLUS, STORE_Y)
         if STORE_Y:
-            tl.store((y_base + qb * sy_l) + y_off, y,
+            tl.store((y_base + qb * sy_l) + y_off, y.to(y_ptr.dtype.element_ty),
                      mask=dmask & (qb < num_tokens) & (t + 1 < s1))
         if SUMMARY:
             dsum += delta
@@ -299,7 +308,7 @@ def scan_fwd_kernel(
         tl.store(ds_base + td, dsum, mask=dmask)
 
 
-@triton.jit(do_not_specialize=['tab_sd'])
+@triton.jit(do_not_specialize=_SIZE_ARGS_COMBINE)
 def segment_combine_kernel(a2_ptr, hs_ptr, ds_ptr, num_seg, num_dirs, num_ch, tab_sd,
                       N: tl.constexpr, CH: tl.constexpr, DL: tl.constexpr,
                       REVERSE: tl.constexpr):
@@ -333,7 +342,7 @@ def segment_combine_kernel(a2_ptr, hs_ptr, ds_ptr, num_seg, num_dirs, num_ch, ta
         carry = tl.exp2(a2 * dsum) * carry + loc
 
 
-@triton.jit(do_not_specialize=['tab_sd'])
+@triton.jit(do_not_specialize=_SIZE_ARGS)
 def scan_rev_summary_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
@@ -423,7 +432,86 @@ def _chan_sum_add(row, s_v, x, lane, mask, DL: tl.constexpr, V: tl.constexpr,
         tl.atomic_add(row + tl.arange(0, V)[None, :, None] * s_v, v, mask=mask, sem='relaxed')
 
 
-@triton.jit(do_not_specialize=['tab_sd'])
+@triton.jit
+def _bwd_step(t, h_prev, delta, e, da_acc, dd_acc, dbias_acc, dw_acc, lane, length, num_tokens,
+              gidx_row, sidx_row, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base, b_off,
+              sb_l, c_base, c_off, sc_l, dy_base, dy_off, sy_l, du_base, du_off, sdu_l, ddt_base,
+              ddt_off, sddt_r, sddt_l, db_base, sdb_n, sdb_l, dc_base, sdc_n, sdc_l, w, a2,
+              dskip, dmask, DL: tl.constexpr, RP: tl.constexpr, N: tl.constexpr,
+              DELTA_FULL: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
+              SEPARATE_SCATTER: tl.constexpr, DU_ATOMIC: tl.constexpr, USE_RS: tl.constexpr,
+              ASM_DECAY: tl.constexpr):
+    """One reverse step ``t`` given the state before it (``h_prev``) and its ``delta``.
+
+    The adjoint is carried as ``e_t = decay_t * dh_t`` with ``dh_t = C_t g_t + e_{t+1}``.
+    Writes d u (stored or added atomically), d dt (stored in full or added to the low-rank
+    columns), d B and d C (sums over the program's channels, added atomically); returns the
+    updated ``e`` and the per-channel accumulators of dA, dD, d bias and the low-rank dW.
+    """
+    p, q = _tok(gidx_row, sidx_row, t, length, num_tokens, IDENTITY, SEPARATE_SCATTER)
+    pv = p < num_tokens
+    ps = tl.where(pv, p, 0)
+    u, dtr, bv, pf = _load_in(p, num_tokens, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
+                              b_off, sb_l, dmask, DELTA_FULL)
+    uf = u.to(tl.float32) * pf
+    bf = bv.to(tl.float32)
+    cf = _load_vec(c_base, c_off, p, num_tokens, sc_l).to(tl.float32)
+    qv = q < num_tokens
+    g = tl.load((dy_base + tl.where(qv, q, 0) * sy_l) + dy_off, mask=dmask & qv,
+                other=0.0).to(tl.float32)
+    if ASM_DECAY:
+        decay = _ex2_asm(delta * a2)  # not merged with the recompute's exp2 (registers)
+    else:
+        decay = tl.exp2(delta * a2)
+    hd = decay * h_prev  # decay_t * h_{t-1}
+    dbu = delta * uf
+    h_t = hd + dbu * bf
+    dh = cf * g + e
+    e = decay * dh
+    x_t = dh * hd
+    da_acc += delta * x_t
+    s_b = tl.sum(dh * bf, axis=1, keep_dims=True)
+    s_x = tl.sum(a2 * x_t, axis=1, keep_dims=True) * LN2
+    du = delta * s_b + dskip * g
+    ddelta = uf * s_b + s_x
+    if SOFTPLUS:
+        ddraw = ddelta * (1.0 - tl.exp2(-delta * LOG2E))
+    else:
+        ddraw = ddelta
+    ddraw = tl.where(t < length, ddraw, 0.0)
+    dbias_acc += ddraw
+    dd_acc += g * uf
+    # Sums over the program's channels, added atomically at token p.
+    _chan_sum_add(dc_base + ps * sdc_l, sdc_n, g * h_t, lane, pv, DL, N, USE_RS)
+    _chan_sum_add(db_base + ps * sdb_l, sdb_n, dh * dbu, lane, pv, DL, N, USE_RS)
+    if DELTA_FULL:
+        tl.store((ddt_base + ps * sddt_l) + ddt_off, ddraw, mask=dmask & pv)
+    else:
+        ddraw_p = ddraw * pf
+        dw_acc += ddraw_p * dtr.to(tl.float32)
+        _chan_sum_add(ddt_base + ps * sddt_l, sddt_r, w * ddraw_p, lane, pv, DL, RP, USE_RS)
+    if DU_ATOMIC:
+        tl.atomic_add((du_base + ps * sdu_l) + du_off, du, mask=dmask & pv, sem='relaxed')
+    else:
+        tl.store((du_base + ps * sdu_l) + du_off, du, mask=dmask & pv)
+    return e, da_acc, dd_acc, dbias_acc, dw_acc
+
+
+@triton.jit
+def _recompute_step(t, h, length, num_tokens, gidx_row, sidx_row, x_base, x_off, sx_l, dt_base,
+                    dt_off, sdt_l, b_base, b_off, sb_l, w, bias, a2, dmask,
+                    DELTA_FULL: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
+                    SEPARATE_SCATTER: tl.constexpr):
+    """The state after step ``t`` and the step's delta (the forward recurrence, no output)."""
+    p, q = _tok(gidx_row, sidx_row, t, length, num_tokens, IDENTITY, SEPARATE_SCATTER)
+    u, dtr, bv, pf = _load_in(p, num_tokens, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
+                              b_off, sb_l, dmask, DELTA_FULL)
+    delta = _delta(dtr, pf, w, bias, t < length, DELTA_FULL, SOFTPLUS)
+    h = tl.exp2(delta * a2) * h + (delta * (u.to(tl.float32) * pf)) * bv.to(tl.float32)
+    return h, delta
+
+
+@triton.jit(do_not_specialize=_SIZE_ARGS_BWD)
 def scan_bwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
@@ -441,16 +529,26 @@ def scan_bwd_kernel(
         es_ptr, num_seg, seg_len,
         gidx_ptr, sidx_ptr, len_ptr, table_len,
         num_dirs, num_ch, rank, num_tokens,
+        scratch_ptr,
         N: tl.constexpr, RP: tl.constexpr, CH: tl.constexpr, DL: tl.constexpr,
         T: tl.constexpr, DELTA_FULL: tl.constexpr, HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
         SEPARATE_SCATTER: tl.constexpr, DU_ATOMIC: tl.constexpr, LOAD_E: tl.constexpr,
-        USE_RS: tl.constexpr, RECOMPUTE_DECAY: tl.constexpr, CKM: tl.constexpr):
-    """Backward of one segment (chunks of ``T`` steps in reverse, states recomputed from ``ck``).
+        USE_RS: tl.constexpr, ASM_DECAY: tl.constexpr, CKM: tl.constexpr,
+        SCRATCH: tl.constexpr):
+    """Backward of one segment: chunks of ``T`` steps in reverse, each chunk's states
+    recomputed from the checkpoints ``ck``.
 
     Grid: (batch * num_dirs, cdiv(num_ch, CH * DL), num_seg). ``ck`` holds the state every
     ``CKM * T`` steps (``seg_len`` is a multiple of that); a chunk that starts between two
     checkpoints first advances from the previous one.
+
+    Where the chunk's states live while the reverse pass runs over them:
+    ``SCRATCH = False``: in registers (the chunk loops are unrolled, ``T`` states per thread);
+    ``SCRATCH = True``: in ``scratch`` (per program ``T x (N + 1) x CH*DL`` fp32 written by the
+    recompute loop and read back by the reverse loop, which stays in L1/L2), so both loops are
+    plain loops: fewer registers (more warps per SM), any ``T``, a small program to compile.
+
     Writes ``du`` (stored per direction, or added atomically, ``DU_ATOMIC``); ``ddt`` = d(delta
     before softplus) stored (DELTA_FULL) or d(low-rank dt) added atomically; ``db``, ``dc``
     added atomically; per-(batch, segment) partials ``da`` (B*S, K*D, N), ``dd``, ``dbias``
@@ -467,6 +565,8 @@ def scan_bwd_kernel(
     dskip = _load_dskip(dskip_ptr, tkd, dmask, DL, CH, HAS_D)
     if DELTA_FULL:
         ddt_off = td * sddt_r
+    else:
+        ddt_off = 0
     ddt_base = ddt_ptr + bidx * sddt_b + k * sddt_k
     b_base = b_ptr + bidx * sb_b + k * sb_k
     b_off = n1 * sb_n
@@ -483,6 +583,14 @@ def scan_bwd_kernel(
     bk = bidx * num_dirs + k
     ck_base = ck_ptr + bk * num_ck * N * num_ch
     st_off = n * num_ch + td
+    if SCRATCH:
+        # this program's scratch: T state tiles (N, CH*DL) then T delta rows (CH*DL)
+        chdl = CH * DL
+        prog = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * num_seg + seg
+        sc_base = scratch_ptr + prog.to(tl.int64) * (T * (N + 1) * chdl)
+        loc = (tl.arange(0, CH)[None, None, :] * DL + tl.arange(0, DL)[:, None, None]) * tab_sd
+        sc_h = sc_base + n * chdl + loc
+        sc_d = sc_base + T * N * chdl + loc
 
     length = tl.load(len_ptr + k)
     c_lo = (seg * seg_len) // T
@@ -501,82 +609,51 @@ def scan_bwd_kernel(
         # state before the chunk: checkpoint slot c // CKM, advanced by (c % CKM) * T steps
         c_ck = c // CKM
         h = tl.load(ck_base + (c_ck * (N * num_ch) + st_off), mask=dmask, other=0.0)
-        for ex in range(0, c % CKM):
-            te = (c_ck * CKM + ex) * T
+        for ex in range(0, (c % CKM) * T):
+            h, _ = _recompute_step(c_ck * CKM * T + ex, h, length, num_tokens, gidx_row,
+                                   sidx_row, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
+                                   b_off, sb_l, w, bias, a2, dmask, DELTA_FULL, SOFTPLUS,
+                                   IDENTITY, SEPARATE_SCATTER)
+        if SCRATCH:
+            for j in range(0, T):
+                tl.store(sc_h + j * (N * chdl), h)
+                h, delta = _recompute_step(t0 + j, h, length, num_tokens, gidx_row, sidx_row,
+                                           x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
+                                           b_off, sb_l, w, bias, a2, dmask, DELTA_FULL,
+                                           SOFTPLUS, IDENTITY, SEPARATE_SCATTER)
+                tl.store(sc_d + j * chdl, delta)
+            for jj in range(0, T):
+                j = T - 1 - jj
+                h_prev = tl.load(sc_h + j * (N * chdl))
+                delta = tl.load(sc_d + j * chdl)
+                e, da_acc, dd_acc, dbias_acc, dw_acc = _bwd_step(
+                    t0 + j, h_prev, delta, e, da_acc, dd_acc, dbias_acc, dw_acc, lane, length,
+                    num_tokens, gidx_row, sidx_row, x_base, x_off, sx_l, dt_base, dt_off, sdt_l,
+                    b_base, b_off, sb_l, c_base, c_off, sc_l, dy_base, dy_off, sy_l, du_base,
+                    du_off, sdu_l, ddt_base, ddt_off, sddt_r, sddt_l, db_base, sdb_n, sdb_l,
+                    dc_base, sdc_n, sdc_l, w, a2, dskip, dmask, DL, RP, N, DELTA_FULL, SOFTPLUS,
+                    IDENTITY, SEPARATE_SCATTER, DU_ATOMIC, USE_RS, ASM_DECAY)
+        else:
+            # the chunk's states h_{t-1} and deltas in registers (static unroll)
+            hs = (h, )
+            deltas = ()
             for j in tl.static_range(T):
-                p, q = _tok(gidx_row, sidx_row, te + j, length, num_tokens, IDENTITY,
-                            SEPARATE_SCATTER)
-                u, dtr, bv, pf = _load_in(p, num_tokens, x_base, x_off, sx_l, dt_base, dt_off,
-                                          sdt_l, b_base, b_off, sb_l, dmask, DELTA_FULL)
-                delta = _delta(dtr, pf, w, bias, te + j < length, DELTA_FULL, SOFTPLUS)
-                h = tl.exp2(delta * a2) * h + (delta * (u.to(tl.float32) * pf)) * bv.to(
-                    tl.float32)
-        # Recompute the chunk's states; keep h_{t-1} and delta_t of every step in registers.
-        hs = (h, )
-        deltas = ()
-        for j in tl.static_range(T):
-            p, q = _tok(gidx_row, sidx_row, t0 + j, length, num_tokens, IDENTITY,
-                        SEPARATE_SCATTER)
-            u, dtr, bv, pf = _load_in(p, num_tokens, x_base, x_off, sx_l, dt_base, dt_off,
-                                      sdt_l, b_base, b_off, sb_l, dmask, DELTA_FULL)
-            delta = _delta(dtr, pf, w, bias, t0 + j < length, DELTA_FULL, SOFTPLUS)
-            deltas = deltas + (delta, )
-            if j < T - 1:
-                h = tl.exp2(delta * a2) * h + (delta * (u.to(tl.float32) * pf)) * bv.to(
-                    tl.float32)
-                hs = hs + (h, )
-        # Reverse over the chunk.
-        for jj in tl.static_range(T):
-            t = t0 + (T - 1 - jj)
-            p, q = _tok(gidx_row, sidx_row, t, length, num_tokens, IDENTITY, SEPARATE_SCATTER)
-            pv = p < num_tokens
-            ps = tl.where(pv, p, 0)
-            u, dtr, bv, pf = _load_in(p, num_tokens, x_base, x_off, sx_l, dt_base, dt_off,
-                                      sdt_l, b_base, b_off, sb_l, dmask, DELTA_FULL)
-            uf = u.to(tl.float32) * pf
-            bf = bv.to(tl.float32)
-            cf = _load_vec(c_base, c_off, p, num_tokens, sc_l).to(tl.float32)
-            qv = q < num_tokens
-            g = tl.load((dy_base + tl.where(qv, q, 0) * sy_l) + dy_off, mask=dmask & qv,
-                        other=0.0).to(tl.float32)
-            delta = deltas[T - 1 - jj]
-            if RECOMPUTE_DECAY:
-                decay = _ex2_asm(delta * a2)  # not merged with the recompute's exp2 (registers)
-            else:
-                decay = tl.exp2(delta * a2)
-            hd = decay * hs[T - 1 - jj]  # decay_t * h_{t-1}
-            dbu = delta * uf
-            h_t = hd + dbu * bf
-            dh = cf * g + e
-            e = decay * dh
-            x_t = dh * hd
-            da_acc += delta * x_t
-            s_b = tl.sum(dh * bf, axis=1, keep_dims=True)
-            s_x = tl.sum(a2 * x_t, axis=1, keep_dims=True) * LN2
-            du = delta * s_b + dskip * g
-            ddelta = uf * s_b + s_x
-            if SOFTPLUS:
-                ddraw = ddelta * (1.0 - tl.exp2(-delta * LOG2E))
-            else:
-                ddraw = ddelta
-            ddraw = tl.where(t < length, ddraw, 0.0)
-            dbias_acc += ddraw
-            dd_acc += g * uf
-            # Sums over the program's channels, added atomically at token p.
-            _chan_sum_add(dc_base + ps * sdc_l, sdc_n, g * h_t, lane, pv, DL, N, USE_RS)
-            _chan_sum_add(db_base + ps * sdb_l, sdb_n, dh * dbu, lane, pv, DL, N, USE_RS)
-            if DELTA_FULL:
-                tl.store((ddt_base + ps * sddt_l) + ddt_off, ddraw, mask=dmask & pv)
-            else:
-                ddraw_p = ddraw * pf
-                dw_acc += ddraw_p * dtr.to(tl.float32)
-                _chan_sum_add(ddt_base + ps * sddt_l, sddt_r, w * ddraw_p, lane, pv, DL, RP,
-                              USE_RS)
-            if DU_ATOMIC:
-                tl.atomic_add((du_base + ps * sdu_l) + du_off, du, mask=dmask & pv,
-                              sem='relaxed')
-            else:
-                tl.store((du_base + ps * sdu_l) + du_off, du, mask=dmask & pv)
+                h, delta = _recompute_step(t0 + j, h, length, num_tokens, gidx_row, sidx_row,
+                                           x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
+                                           b_off, sb_l, w, bias, a2, dmask, DELTA_FULL,
+                                           SOFTPLUS, IDENTITY, SEPARATE_SCATTER)
+                deltas = deltas + (delta, )
+                if j < T - 1:
+                    hs = hs + (h, )
+            for jj in tl.static_range(T):
+                e, da_acc, dd_acc, dbias_acc, dw_acc = _bwd_step(
+                    t0 + (T - 1 - jj), hs[T - 1 - jj], deltas[T - 1 - jj], e, da_acc, dd_acc,
+                    dbias_acc, dw_acc, lane, length, num_tokens, gidx_row, sidx_row, x_base,
+                    x_off, sx_l, dt_base, dt_off, sdt_l, b_base, b_off, sb_l, c_base, c_off,
+                    sc_l, dy_base, dy_off, sy_l, du_base, du_off, sdu_l, ddt_base, ddt_off,
+                    sddt_r, sddt_l, db_base, sdb_n, sdb_l, dc_base, sdc_n, sdc_l, w, a2, dskip,
+                    dmask, DL, RP, N, DELTA_FULL, SOFTPLUS, IDENTITY, SEPARATE_SCATTER,
+                    DU_ATOMIC, USE_RS, ASM_DECAY)
 
     part = (bidx * num_seg + seg) * num_dirs * num_ch + tkd
     tl.store(da_ptr + part * N + n, da_acc, mask=dmask)

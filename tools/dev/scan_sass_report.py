@@ -6,9 +6,9 @@ the device's triton version (3.6.0 on the H100 machines) for register counts tha
 
     pip download --no-deps -d /tmp/tri triton==3.6.0 && \
         pip install --no-deps --target /tmp/tri36 /tmp/tri/triton-3.6.0-*.whl
-    PYTHONPATH=/tmp/tri36 python tools/scan_sass_report.py --stage 1 [--dump work_dirs/sass]
+    PYTHONPATH=/tmp/tri36 python tools/dev/scan_sass_report.py --stage 1 [--dump work_dirs/sass]
 
-Other launch configurations: edit the ``ScanConfig(...)`` below (mmlocalmamba/ops/triton/config.py).
+Other launch configurations: ``--config "ScanConfig(...)"`` (mmlocalmamba/ops/triton/config.py).
 """
 import argparse
 import collections
@@ -48,6 +48,9 @@ def main():
     parser.add_argument('--stage', type=int, default=1, help='LocalVMamba-T stage 1..4')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--dump', help='folder for .sass / .ttgir / .ptx of each kernel')
+    parser.add_argument('--config', default='ScanConfig()',
+                        help='launch configuration, e.g. "ScanConfig(bwd=Tile(T=8), '
+                        'bwd_scratch=True)"')
     args = parser.parse_args()
 
     import triton
@@ -79,7 +82,7 @@ def main():
     JITFunction.__getitem__ = compile_only
     torch.Tensor.is_cuda = property(lambda self: True)  # the wrapper's CUDA check
     from mmlocalmamba.ops.scan_orders import kernel_tables
-    from mmlocalmamba.ops.triton import ScanConfig
+    from mmlocalmamba.ops.triton import ScanConfig, Tile
     from mmlocalmamba.ops.triton.scan import local_selective_scan_triton
 
     i = args.stage - 1
@@ -92,7 +95,8 @@ def main():
               torch.randn(dirs * chans, nstate), torch.randn(dirs * chans)]
     params = [p.requires_grad_(True) for p in params]
     tables = kernel_tables(height, width, ('h', 'h_flip', 'w7', 'w7_flip'))
-    y = local_selective_scan_triton(*params, tables, config=ScanConfig())
+    config = eval(args.config, {'ScanConfig': ScanConfig, 'Tile': Tile})  # noqa: S307 (dev tool)
+    y = local_selective_scan_triton(*params, tables, config=config)
     y.backward(torch.randn_like(y))
 
     tools = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin')

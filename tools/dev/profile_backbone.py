@@ -4,23 +4,33 @@ Runs the benchmark workloads of ``tools/benchmark.py`` (bf16 autocast, random we
 ``torch.profiler`` and prints, for each, the wall time of one step, the summed kernel time and the
 kernels that take the most time::
 
-    python tools/profile_backbone.py                       # infer, train, det_fwd_bwd
-    python tools/profile_backbone.py --what train --rows 40
-    python tools/profile_backbone.py --what det_fwd_bwd --host   # + where the host time goes
+    python tools/dev/profile_backbone.py                       # infer, train, det_fwd_bwd
+    python tools/dev/profile_backbone.py --what train --rows 40
+    python tools/dev/profile_backbone.py --what det_fwd_bwd --host   # + where the host time goes
 """
 import argparse
 import cProfile
+import importlib.util
 import io
 import pstats
 import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import _features, build_model  # noqa: E402
+
+def _load_benchmark():
+    """tools/benchmark.py (a script beside this folder, not a module): its models and workloads."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark.py')
+    spec = importlib.util.spec_from_file_location('mmlocalmamba_tools_benchmark', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_benchmark = _load_benchmark()
+_features, build_model = _benchmark._features, _benchmark.build_model
 
 WORKLOADS = ('infer', 'train', 'det_fwd', 'det_fwd_bwd')
 
