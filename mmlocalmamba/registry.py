@@ -13,6 +13,10 @@ mmpretrain, a user's own) falls back to, so the modules are found from any scope
   ``timm.create_model(..., checkpoint_path=PATH)`` loads through mmlocalmamba's checked loader
   (:func:`~mmlocalmamba.utils.checkpoint.load_timm_checkpoint`; every other model keeps timm's
   loader).
+* mmengine's FLOP counter: the handles of the ``mmlocalmamba::`` operators
+  (:func:`mmlocalmamba.models.flops.install_flop_handles`), so that
+  ``mmengine.analysis.get_model_complexity_info`` and mmdet's / mmseg's ``get_flops.py`` count
+  the selective scans.
 
 Importing changes nothing in torch's ``weights_only`` allow-list: the checked allow-list of
 :mod:`mmlocalmamba.utils.safe_load` is active only around mmlocalmamba's own loads.
@@ -26,6 +30,7 @@ from .engine.layer_decay import LayerDecayOptimWrapperConstructor
 from .engine.rng_state_hook import RNGStateHook
 from .models.compat import MM_LocalVSSM
 from .models.compat_vim import MM_LocalVim
+from .models.flops import install_flop_handles
 from .models.local_vim import LocalVim, LocalVimClassifier
 from .models.local_vmamba import LocalVMamba, LocalVMambaClassifier
 from .models.necks import LayerNorm2d, SimpleFeaturePyramid
@@ -68,6 +73,7 @@ def register_all() -> None:
             registry.register_module(name=name, module=cls, force=True)
     # timm.create_model calls this module attribute after building a model (checkpoint_path)
     timm_factory.load_checkpoint = load_timm_checkpoint
+    install_flop_handles()
 
 
 register_all()

@@ -69,3 +69,34 @@ def run_in_triton_interpreter(script: str, timeout: int = 600) -> float:
                          timeout=timeout)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return float(out.stdout.split('MAXERR')[-1])
+
+
+# --------------------------------------------------------------------------- golden fixtures
+#: The compact golden fixtures in the repository (made by tools/dev/make_test_fixtures.py).
+DATA = osp.join(osp.dirname(__file__), 'data')
+
+
+def compact_fixture(name: str) -> dict:
+    """A fixture of ``tests/data`` (a cut of a reference golden; in every clone, never skipped)."""
+    return torch.load(osp.join(DATA, f'{name}.pt'), map_location='cpu', weights_only=True)
+
+
+def check_golden_float64(run, model, case: dict, tol: float = 1e-9) -> None:
+    """``run(model, x)`` in float64 against a golden case: every output, and where the case has
+    them the loss ``sum_i (out_i * loss_weights_i).sum()`` and its gradients (input and
+    parameters), each within ``tol`` relative (``max_rel``). ``model`` must be in float64."""
+    x = case['input'].double().requires_grad_()
+    outs = list(run(model, x))
+    assert len(outs) == len(case['outputs'])
+    for out, ref in zip(outs, case['outputs']):
+        assert out.shape == ref.shape
+        assert max_rel(out, ref) <= tol
+    if 'grads' not in case:
+        return
+    loss = sum((o * w.double()).sum() for o, w in zip(outs, case['loss_weights']))
+    assert abs(loss.item() - case['loss'].item()) <= tol * abs(case['loss'].item())
+    params = dict(model.named_parameters())
+    names = list(case['grads'])
+    grads = torch.autograd.grad(loss, [x if n == 'input' else params[n] for n in names])
+    for name, grad in zip(names, grads):
+        assert max_rel(grad, case['grads'][name]) <= tol, name

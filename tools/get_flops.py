@@ -4,10 +4,13 @@
     python tools/get_flops.py local_vssm_tiny
     python tools/get_flops.py configs/mmdet/mask-rcnn_localvmamba-t_fpn_1x_coco.py --shape 800 1344
 
-Selective scans are counted with the 9*B*L*D*N rule of the official code (see
-mmlocalmamba/utils/flops.py); 1 multiply-accumulate = 1 FLOP. For LocalVim models two numbers are
-printed: the full count (all K per-direction projections) and the paper's count (the official
-analytic VisionMamba.flops(), which counts one of the K per-direction conv1d/x_proj/dt_proj).
+Counts with mmengine's FLOP counter (as get_model_complexity_info and mmdet's / mmseg's
+get_flops.py do), whose handles for the selective scans use the 9*B*L*D*N rule of the official
+code (see mmlocalmamba/models/flops.py); 1 multiply-accumulate = 1 FLOP. The counter runs one
+forward pass (--device; on CPU about as long as one inference). For LocalVim models two numbers
+are printed: the full count (all K per-direction projections) and the paper's count (the
+official analytic VisionMamba.flops(), which counts one of the K per-direction
+conv1d/x_proj/dt_proj).
 """
 import argparse
 import os.path as osp
@@ -15,8 +18,9 @@ import os.path as osp
 import torch
 
 import mmlocalmamba  # noqa: F401
+from mmlocalmamba.models.flops import local_vim_paper_flops
 from mmlocalmamba.utils.cli import positive_int
-from mmlocalmamba.utils.flops import count_flops, count_params, local_vim_paper_flops
+from mmlocalmamba.utils.flops import count_flops, count_params
 
 PRESETS = {
     'local_vssm_tiny': dict(type='LocalVMambaClassifier', arch='tiny'),
@@ -50,6 +54,8 @@ def main(argv=None):
     parser.add_argument('target', help=f'preset ({", ".join(PRESETS)}) or config file')
     parser.add_argument('--shape', type=positive_int, nargs='+', default=[224, 224], metavar='SIZE',
                         help='input H W (one number: square)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='where the counted forward pass runs (default: cuda if available)')
     args = parser.parse_args(argv)
     if len(args.shape) > 2:
         parser.error(f'--shape takes one or two numbers (H [W]), got '
@@ -57,12 +63,11 @@ def main(argv=None):
     shape = args.shape * 2 if len(args.shape) == 1 else args.shape
     model = build(args.target)
     params = count_params(model)
-    # shapes are all that counting needs: run on the meta device (no memory, no compute)
-    counts = count_flops(model.to('meta'), (1, 3, *shape))
+    counts = count_flops(model.to(args.device), (1, 3, *shape))
     print(f'model: {args.target} ({type(model).__name__}), input 1x3x{shape[0]}x{shape[1]}')
     print(f'params: {params:,} ({params / 1e6:.2f} M)')
     print(f'FLOPs:  {counts["total"] / 1e9:.3f} G')
-    if 'LocalVimMixer' in counts:
+    if 'vim_scan' in counts:
         head = getattr(model, 'head', None)
         paper = local_vim_paper_flops(model, shape, getattr(head, 'out_features', 0))
         counts['paper'] = paper

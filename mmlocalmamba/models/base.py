@@ -28,7 +28,7 @@ from ..ops.selective_scan import BACKENDS
 __all__ = ['LocalMambaBackbone', 'ScanLayer', 'pretrained_to_init_cfg', 'resolve_arch',
            'check_out_indices', 'check_backend', 'check_int', 'check_number', 'check_bool',
            'check_int_list', 'check_size_pair', 'check_ssm_args', 'check_layer_directions',
-           'MAX_WINDOW']
+           'MAX_WINDOW', 'TimmClassifierMixin', 'take_indices', 'MATCH_PREV_GROUP']
 
 #: Largest window size K of a ``wK`` direction. A window covers K x K tokens and the map is
 #: zero-padded to multiples of K, so a window much larger than the feature maps (64 tokens is
@@ -237,6 +237,35 @@ def check_out_indices(out_indices: Union[int, Sequence[int]], num: int, what: st
     return resolved
 
 
+def take_indices(num: int, indices: Union[None, int, Sequence[int]]) -> Tuple[List[int], int]:
+    """timm's choice of feature indices: None takes all ``num``, an int n the last n, a sequence
+    those indices (negative ones count from the end).
+
+    Returns:
+        (the absolute indices in the given order, the largest of them).
+
+    Raises:
+        ValueError: an index (or n) out of range.
+    """
+    if indices is None:
+        indices = num
+    if isinstance(indices, int):
+        if not 0 < indices <= num:
+            raise ValueError(f'Cannot take the last {indices} of {num} features.')
+        taken = list(range(num - indices, num))
+    else:
+        taken = []
+        for i in indices:
+            if not -num <= i < num:
+                raise ValueError(f'Feature index {i} is out of range for {num} features.')
+            taken.append(i % num)
+    return taken, max(taken)
+
+
+#: Suffix of a timm ``group_matcher`` rule that merges its matches into the group before them.
+MATCH_PREV_GROUP = (99999, )
+
+
 class ScanLayer(nn.Module):
     """Base of the modules that run a selective scan (their ``scan_backend`` is switchable).
 
@@ -300,6 +329,10 @@ class LocalMambaBackbone(BaseModule):
             if isinstance(m, ScanLayer):
                 m.scan_backend = backend
 
+    def no_weight_decay(self) -> set:
+        """Names of the parameters flagged ``_no_weight_decay`` (the SSM ``A_log``/``D``)."""
+        return {n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', False)}
+
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
         """Load ``init_cfg=dict(type='Pretrained', ...)`` through our checkpoint loader (key
@@ -344,3 +377,34 @@ class LocalMambaBackbone(BaseModule):
             return cp.checkpoint(fn, first, *args, use_reentrant=False)
         return fn(first, *args)
 
+
+class TimmClassifierMixin:
+    """What both LocalMamba classifiers add for timm (on top of a :class:`LocalMambaBackbone`).
+
+    Subclasses set ``num_features`` and ``head_hidden_size`` and implement ``forward_features``,
+    ``forward_head``, ``get_classifier``, ``reset_classifier`` and ``group_matcher``.
+    """
+
+    #: global_pool values the classifier accepts.
+    pool_types: Tuple[str, ...] = ('', 'avg')
+
+    @staticmethod
+    def _in_channels(kwargs: dict, in_chans: Optional[int]) -> int:
+        """Image channels from timm's ``in_chans`` or the backbone's ``in_channels`` (popped from
+        ``kwargs``); default 3."""
+        if in_chans is None:
+            return kwargs.pop('in_channels', 3)
+        if kwargs.setdefault('in_channels', in_chans) != in_chans:
+            raise ValueError(f'in_chans={in_chans} and in_channels={kwargs["in_channels"]} '
+                             f'disagree; give one of them.')
+        return kwargs.pop('in_channels')
+
+    def _check_pool(self, global_pool: str) -> str:
+        if global_pool not in self.pool_types:
+            raise ValueError(f'{type(self).__name__}: global_pool must be one of '
+                             f'{list(self.pool_types)}, got {global_pool!r}.')
+        return global_pool
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing per block (the backbone's ``with_cp``)."""
+        self.with_cp = bool(enable)

@@ -32,9 +32,9 @@ from timm.layers import DropPath, trunc_normal_
 from ..ops.pos_embed import apply_rope, grid_side, resize_grid_embed, resize_pos_embed, rope_tables
 from ..ops.scan_orders import ALL_DIRECTIONS
 from ..ops.vim_scan import local_vim_scan
-from .base import (LocalMambaBackbone, ScanLayer, check_backend, check_bool, check_int,
-                   check_layer_directions, check_number, check_out_indices, check_size_pair,
-                   check_ssm_args, resolve_arch)
+from .base import (MATCH_PREV_GROUP, LocalMambaBackbone, ScanLayer, TimmClassifierMixin,
+                   check_backend, check_bool, check_int, check_layer_directions, check_number,
+                   check_out_indices, check_size_pair, check_ssm_args, resolve_arch, take_indices)
 from .layers import BiAttn, MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 from .norms import RMSNorm  # noqa: F401  (nn.RMSNorm on torch < 2.4)
 
@@ -438,10 +438,8 @@ class LocalVim(LocalMambaBackbone):
 
     # ----------------------------------------------------------------- mmengine plumbing
     def no_weight_decay(self) -> set:
-        """Names of parameters that should not be weight-decayed."""
-        names = {'pos_embed', 'cls_token'}
-        names.update(n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', 0))
-        return names
+        """Names of parameters that should not be weight-decayed (embeddings, SSM A_log/D)."""
+        return super().no_weight_decay() | {'pos_embed', 'cls_token'}
 
     def _frozen_parts(self):
         if self.frozen_stages < 0:
@@ -561,8 +559,9 @@ class LocalVim(LocalMambaBackbone):
     def _run_layer(self, layer, hidden, residual, hw, cls_pos):
         return self._checkpointed(layer, hidden, residual, hw, cls_pos)
 
-    def forward_tokens(self, x: torch.Tensor, out_indices: Sequence[int] = ()):
-        """Run the embedding and all layers.
+    def forward_tokens(self, x: torch.Tensor, out_indices: Sequence[int] = (),
+                       last: Optional[int] = None):
+        """Run the embedding and the layers (all, or up to layer ``last``).
 
         Returns:
             (mixer outputs (B, T, C) of ``out_indices``, last mixer output, residual stream,
@@ -573,7 +572,8 @@ class LocalVim(LocalMambaBackbone):
         residual = None
         feats = []
         wanted = set(out_indices)
-        for i, layer in enumerate(self.layers):
+        layers = self.layers if last is None else self.layers[:last + 1]
+        for i, layer in enumerate(layers):
             if rope is not None:
                 hidden = apply_rope(hidden, *rope)
                 if residual is not None and self.if_rope_residual:
@@ -585,37 +585,74 @@ class LocalVim(LocalMambaBackbone):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """(B, C_in, H, W) -> tuple of (B, C, ceil(H/p), ceil(W/p)), one per out index."""
-        feats, _, _, (height, width), cls_pos = self.forward_tokens(x, self.out_indices)
-        outs = []
-        for j, feat in enumerate(feats):
-            if cls_pos is not None:
-                feat = torch.cat([feat[:, :cls_pos], feat[:, cls_pos + 1:]], dim=1)
-            feat = getattr(self, f'outnorm_{j}')(feat)
-            outs.append(feat.view(-1, height, width, self.embed_dim).permute(0, 3, 1,
-                                                                             2).contiguous())
-        return tuple(outs)
+        feats, _, _, hw, cls_pos = self.forward_tokens(x, self.out_indices)
+        return tuple(
+            _tokens_to_map(getattr(self, f'outnorm_{j}')(_without_token(feat, cls_pos)), hw)
+            for j, feat in enumerate(feats))
 
 
-class LocalVimClassifier(LocalVim):
-    """LocalVim image classifier with the official ``VisionMamba`` state-dict layout.
+def _without_token(tokens: torch.Tensor, pos: Optional[int]) -> torch.Tensor:
+    """(B, T, C) -> (B, T - 1, C) without the token at ``pos`` (unchanged for None)."""
+    if pos is None:
+        return tokens
+    return torch.cat([tokens[:, :pos], tokens[:, pos + 1:]], dim=1)
+
+
+def _tokens_to_map(tokens: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """Row-major (B, H*W, C) tokens -> (B, C, H, W)."""
+    batch, _, channels = tokens.shape
+    return tokens.view(batch, hw[0], hw[1], channels).permute(0, 3, 1, 2).contiguous()
+
+
+class LocalVimClassifier(TimmClassifierMixin, LocalVim):
+    """LocalVim image classifier with the official ``VisionMamba`` state-dict layout, timm-style.
 
     End: ``norm_f(residual + drop_path(last mixer output))``, then the middle class token or the
-    mean over tokens, then ``head``. Takes the arguments of :class:`LocalVim` (without
-    ``out_indices``) plus ``num_classes`` (default 1000).
+    mean over tokens, then ``head``. The timm interface follows timm's plain ViTs (token
+    outputs): :meth:`forward_features` gives the normalised tokens (B, T, C), :meth:`forward_head`
+    pools and classifies; also :meth:`reset_classifier`, :meth:`forward_intermediates` (for
+    ``features_only=True``: per-layer mixer outputs as maps), :meth:`group_matcher`,
+    :meth:`set_grad_checkpointing`, :meth:`no_weight_decay`.
 
-    Shapes: (B, 3, H, W) -> (B, num_classes).
+    Args:
+        arch (str | dict): see :class:`LocalVim`. Default: 'tiny'.
+        num_classes (int): classes; 0 removes the head (pooled features out). Default: 1000.
+        in_chans (int): image channels (timm's name of ``in_channels``). Default: 3.
+        global_pool (str, optional): 'token' (the middle class token; presets with one),
+            'avg' (mean over the patch tokens) or '' (no pooling: ``forward`` gives the
+            (B, T, C) tokens). Default: 'token' with a class token, else 'avg' (as officially).
+        **kwargs: the other arguments of :class:`LocalVim` (without ``out_indices``).
+
+    Shapes: (B, in_chans, H, W) -> (B, num_classes); tokens T = ceil(H/p) * ceil(W/p) (+1 for a
+    class token at T // 2).
     """
 
-    def __init__(self, arch='tiny', num_classes: int = 1000, **kwargs):
+    pool_types = ('', 'avg', 'token')
+
+    def __init__(self, arch='tiny', num_classes: int = 1000, in_chans: Optional[int] = None,
+                 global_pool: Optional[str] = None, **kwargs):
         if 'out_indices' in kwargs:
             raise TypeError('LocalVimClassifier has no out_indices; use forward_features(x, '
-                            'out_indices) to get layer outputs.')
+                            'out_indices) or forward_intermediates(x, indices) for layer '
+                            'outputs.')
         self.num_classes = check_int(num_classes, 'num_classes', type(self).__name__, low=0)
-        super().__init__(arch=arch, out_indices=(), **kwargs)
+        in_channels = self._in_channels(kwargs, in_chans)
+        super().__init__(arch=arch, in_channels=in_channels, out_indices=(), **kwargs)
+        self.in_chans = in_channels
+        if global_pool is None:
+            global_pool = 'token' if self.middle_cls_token else 'avg'
+        self.global_pool = self._check_pool(global_pool)
+        self.head_hidden_size = self.embed_dim
+        self.feature_info = [
+            dict(num_chs=self.embed_dim, reduction=self.patch_size, module=f'layers.{i}')
+            for i in range(self.depth)
+        ]
 
     def _build_head(self) -> None:
-        self.head = (nn.Linear(self.embed_dim, self.num_classes)
-                     if self.num_classes > 0 else nn.Identity())
+        self.head = self._new_head(self.num_classes)
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def _build_tail(self, drop_path_rate: float) -> None:
         arch = self.arch
@@ -623,20 +660,114 @@ class LocalVimClassifier(LocalVim):
         self.norm_f = (nn.RMSNorm(self.embed_dim, eps=arch['norm_eps']) if arch['rms_norm'] else
                        nn.LayerNorm(self.embed_dim, eps=arch['norm_eps']))
 
-    def forward_features(self, x: torch.Tensor,
-                         out_indices: Sequence[int]) -> List[torch.Tensor]:
-        """Mixer outputs (B, T, C) of the given layers (the official ``forward_features(x,
-        out_indices)``), tokens in row-major order with the class token (if any) at T // 2."""
-        indices = self._check_out_indices(out_indices, self.depth)
-        return self.forward_tokens(x, indices)[0]
+    def _check_pool(self, global_pool: str) -> str:
+        if global_pool == 'token' and not self.middle_cls_token:
+            raise ValueError("global_pool='token' needs a class token (e.g. arch "
+                             "'tiny_middle_cls'); use 'avg' or ''.")
+        return super()._check_pool(global_pool)
 
-    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, C)."""
-        _, hidden, residual, _, cls_pos = self.forward_tokens(x)
-        # as in the blocks: the float32 residual stream enters the norm in the norm's dtype
-        hidden = residual + self.final_drop_path(hidden)
-        hidden = self.norm_f(hidden.to(self.norm_f.weight.dtype))
-        return hidden[:, cls_pos] if cls_pos is not None else hidden.mean(dim=1)
+    # ----------------------------------------------------------------- timm interface
+    def get_classifier(self) -> nn.Module:
+        """The final Linear (``head``; Identity without classes)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New head for ``num_classes`` (0: none); ``global_pool`` '', 'avg' or 'token'."""
+        if global_pool is not None:
+            self.global_pool = self._check_pool(global_pool)
+        self.num_classes = num_classes
+        self.head = self._new_head(num_classes)
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=.02)
+            nn.init.zeros_(self.head.bias)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise lr decay: the embeddings, then one group per
+        layer (the final norm joins the last one); ``coarse`` gives the same groups."""
+        return dict(stem=r'^cls_token|^pos_embed|^patch_embed',
+                    blocks=[(r'^layers\.(\d+)', None), (r'^norm_f', MATCH_PREV_GROUP)])
+
+    def forward_features(self, x: torch.Tensor,
+                         out_indices: Optional[Sequence[int]] = None):
+        """Final normalised tokens, or the official per-layer outputs.
+
+        Args:
+            x: (B, C_in, H, W).
+            out_indices: None (timm): return ``norm_f(residual + last mixer output)``,
+                (B, T, C). A list of layers (the official ``forward_features(x, out_indices)``):
+                return their mixer outputs, a list of (B, T, C), tokens in row-major order with
+                the class token (if any) at T // 2.
+        """
+        if out_indices is not None:
+            indices = self._check_out_indices(out_indices, self.depth)
+            return self.forward_tokens(x, indices)[0]
+        _, hidden, residual, _, _ = self.forward_tokens(x)
+        return self._final_tokens(hidden, residual)
+
+    def _final_tokens(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``norm_f(residual + drop_path(hidden))``; as in the blocks, the float32 residual stream
+        enters the norm in the norm's dtype."""
+        tokens = residual + self.final_drop_path(hidden)
+        weight = getattr(self.norm_f, 'weight', None)  # None once pruned to an Identity
+        return self.norm_f(tokens if weight is None else tokens.to(weight.dtype))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, T, C) tokens -> logits (B, num_classes), or the pooled (B, C) with
+        ``pre_logits``. Without pooling (``global_pool=''``) the tokens stay (B, T, C)."""
+        cls_pos = (x.shape[1] - 1) // 2 if self.middle_cls_token else None
+        if self.global_pool == 'token':
+            x = x[:, cls_pos]
+        elif self.global_pool == 'avg':
+            x = _without_token(x, cls_pos).mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward_intermediates(self, x: torch.Tensor,
+                              indices: Optional[Union[int, Sequence[int]]] = None,
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Per-layer mixer outputs (the features of the official det/seg backbone), timm's
+        ``forward_intermediates``.
+
+        Args:
+            x: (B, C_in, H, W).
+            indices: layers to return; an int n takes the last n, None all.
+            norm: not supported (``norm_f`` belongs to the residual stream, not to the mixer
+                outputs): must be False.
+            stop_early: skip the layers after the last one asked for.
+            output_fmt: 'NCHW' (maps (B, C, ceil(H/p), ceil(W/p)), class token dropped) or
+                'NLC' (tokens (B, T, C), class token kept).
+            intermediates_only: return only the list.
+
+        Returns:
+            the list, or ``(final tokens as forward_features gives them, list)``.
+        """
+        if norm:
+            raise ValueError('LocalVim intermediates are mixer outputs; norm=True is not '
+                             'supported.')
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        take, last = take_indices(len(self.layers), indices)
+        feats, hidden, residual, hw, cls_pos = self.forward_tokens(
+            x, take, last if stop_early else None)
+        if output_fmt == 'NCHW':
+            feats = [_tokens_to_map(_without_token(f, cls_pos), hw) for f in feats]
+        if intermediates_only:
+            return feats
+        return self._final_tokens(hidden, residual), feats
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1,
+                                  prune_norm: bool = False, prune_head: bool = True) -> List[int]:
+        """Drop the layers after the last of ``indices`` (and the head / final norm)."""
+        take, last = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:last + 1]
+        self.depth = len(self.layers)
+        self.frozen_stages = min(self.frozen_stages, self.depth)
+        if prune_norm:
+            self.norm_f = nn.Identity()
+            self.final_drop_path = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pre_logits(x))
+        return self.forward_head(self.forward_features(x))

@@ -15,9 +15,9 @@ from timm.layers import DropPath, trunc_normal_
 
 from ..ops.local_scan import local_selective_scan
 from ..ops.scan_orders import ALL_DIRECTIONS
-from .base import (LocalMambaBackbone, ScanLayer, check_backend, check_bool, check_int,
-                   check_int_list, check_layer_directions, check_number, check_out_indices,
-                   check_ssm_args, resolve_arch)
+from .base import (MATCH_PREV_GROUP, LocalMambaBackbone, ScanLayer, TimmClassifierMixin,
+                   check_backend, check_bool, check_int, check_int_list, check_layer_directions,
+                   check_number, check_out_indices, check_ssm_args, resolve_arch, take_indices)
 from .layers import MultiScan, resolve_directions, ssm_a_log_init, ssm_dt_bias_init
 
 __all__ = ['LocalVMamba', 'LocalVMambaClassifier', 'SS2D', 'VSSBlock', 'PatchMerging2D',
@@ -272,6 +272,7 @@ class LocalVMamba(LocalMambaBackbone):
         dims, depths = arch['dims'], arch['depths']
         num_stages = len(depths)
         self.dims, self.depths, self.num_stages = dims, depths, num_stages
+        self.patch_size = patch_size
         self.num_features = dims[-1]
         self.out_indices = check_out_indices(out_indices, num_stages, 'stages')
         self.official_v_reverse = official_v_reverse
@@ -355,29 +356,140 @@ class LocalVMamba(LocalMambaBackbone):
         return tuple(self.forward_stages(x)[0])
 
 
-class LocalVMambaClassifier(LocalVMamba):
-    """LocalVMamba image classifier with the official ``VSSM`` state-dict layout.
+class LocalVMambaClassifier(TimmClassifierMixin, LocalVMamba):
+    """LocalVMamba image classifier with the official ``VSSM`` state-dict layout, timm-style.
 
-    ``classifier``: LayerNorm -> global average pool -> Linear. Takes the arguments of
-    :class:`LocalVMamba` (without ``out_indices``) plus ``num_classes`` (default 1000).
+    ``classifier``: LayerNorm -> global average pool -> Linear (``classifier.norm``,
+    ``classifier.head``; ``permute``/``avgpool``/``flatten`` hold no weights). The timm interface:
+    :meth:`forward_features` (unpooled NHWC map), :meth:`forward_head`, :meth:`reset_classifier`,
+    :meth:`forward_intermediates` (for ``features_only=True``), :meth:`group_matcher`,
+    :meth:`set_grad_checkpointing`, :meth:`no_weight_decay`.
 
-    Shapes: (B, 3, H, W) -> (B, num_classes).
+    Args:
+        arch (str | dict): see :class:`LocalVMamba`. Default: 'tiny'.
+        num_classes (int): classes; 0 removes the head (pooled features out). Default: 1000.
+        in_chans (int): image channels (timm's name of ``in_channels``). Default: 3.
+        global_pool (str): 'avg' or '' (no pooling: ``forward`` gives NHWC maps). Default: 'avg'.
+        **kwargs: the other arguments of :class:`LocalVMamba` (without ``out_indices``).
+
+    Shapes: (B, in_chans, H, W) -> (B, num_classes); :meth:`forward_features` gives
+    (B, H_3, W_3, C) with ``C = num_features = dims[-1]`` and ``H_3 ~ H / 32``.
     """
 
-    def __init__(self, arch='tiny', num_classes: int = 1000, **kwargs):
+    output_fmt = 'NHWC'
+
+    def __init__(self, arch='tiny', num_classes: int = 1000, in_chans: Optional[int] = None,
+                 global_pool: str = 'avg', **kwargs):
+        if 'out_indices' in kwargs:
+            raise TypeError('LocalVMambaClassifier has no out_indices; use '
+                            "forward_intermediates(x, indices) or timm's features_only=True.")
         num_classes = check_int(num_classes, 'num_classes', type(self).__name__, low=0)
-        kwargs.setdefault('out_indices', ())
-        super().__init__(arch=arch, **kwargs)
+        in_channels = self._in_channels(kwargs, in_chans)
+        super().__init__(arch=arch, in_channels=in_channels, out_indices=(), **kwargs)
+        self.in_chans = in_channels
         self.num_classes = num_classes
+        self.global_pool = self._check_pool(global_pool)
+        self.head_hidden_size = self.num_features
+        self.feature_info = [
+            dict(num_chs=dim, reduction=self.patch_size * 2**i, module=f'layers.{i}')
+            for i, dim in enumerate(self.dims)
+        ]
         self.classifier = nn.Sequential(
             OrderedDict(
                 norm=nn.LayerNorm(self.num_features),
                 permute=_Permute(0, 3, 1, 2),
                 avgpool=nn.AdaptiveAvgPool2d(1),
                 flatten=nn.Flatten(1),
-                head=nn.Linear(self.num_features, num_classes)
-                if num_classes > 0 else nn.Identity()))
+                head=self._new_head(num_classes)))
         self.classifier.apply(self._init_linear_and_norm)
 
+    def _new_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ----------------------------------------------------------------- timm interface
+    def get_classifier(self) -> nn.Module:
+        """The final Linear (``classifier.head``; Identity without classes)."""
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New (re-initialised) head for ``num_classes`` (0: none); ``global_pool`` '' or 'avg'."""
+        if global_pool is not None:
+            self.global_pool = self._check_pool(global_pool)
+        self.num_classes = num_classes
+        self.classifier.head = self._new_head(num_classes)
+        self.classifier.head.apply(self._init_linear_and_norm)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise lr decay: stem, then one group per block
+        (``coarse``: per stage); a stage's downsample and the head norm join the group before."""
+        return dict(
+            stem=r'^patch_embed',
+            blocks=r'^layers\.(\d+)' if coarse else [
+                (r'^layers\.(\d+)\.blocks\.(\d+)', None),
+                (r'^layers\.(\d+)\.downsample', MATCH_PREV_GROUP),
+                (r'^classifier\.norm', MATCH_PREV_GROUP),
+            ])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> last stage output (B, H_3, W_3, dims[-1]), NHWC, unpooled."""
+        return self.forward_stages(x)[1]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, H_3, W_3, C) -> logits (B, num_classes), or the pooled (B, C) with
+        ``pre_logits``. Without pooling (``global_pool=''``) the maps stay NHWC."""
+        head = self.classifier
+        x = head.norm(x)
+        if self.global_pool == 'avg':
+            x = head.flatten(head.avgpool(head.permute(x)))
+        return x if pre_logits else head.head(x)
+
+    def forward_intermediates(self, x: torch.Tensor,
+                              indices: Optional[Union[int, Sequence[int]]] = None,
+                              norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Stage outputs (before each stage's downsample), timm's ``forward_intermediates``.
+
+        Args:
+            x: (B, C_in, H, W).
+            indices: stages to return; an int n takes the last n, None all.
+            norm: apply ``classifier.norm`` to the output of the last stage.
+            stop_early: skip the stages after the last one asked for.
+            output_fmt: 'NCHW' or 'NHWC'.
+            intermediates_only: return only the list.
+
+        Returns:
+            list of (B, dims[i], H_i, W_i) maps (NHWC: (B, H_i, W_i, dims[i])); without
+            ``intermediates_only`` also the final features first: ``(features, list)``.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}.")
+        take, last = take_indices(len(self.layers), indices)
+        layers = self.layers[:last + 1] if stop_early else self.layers
+        x = self.patch_embed(x)
+        feats = []
+        for i, layer in enumerate(layers):
+            x = self._run_blocks(layer.blocks, x)
+            if i in take:
+                feat = self.classifier.norm(x) if norm and i == len(self.dims) - 1 else x
+                feats.append(feat.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW'
+                             else feat)
+            x = layer.downsample(x)
+        return feats if intermediates_only else (x, feats)
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1,
+                                  prune_norm: bool = False, prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last of ``indices`` (and the head / final norm)."""
+        take, last = take_indices(len(self.layers), indices)
+        self.layers = self.layers[:last + 1]
+        self.layers[last].downsample = nn.Identity()
+        self.num_stages = len(self.layers)
+        self.frozen_stages = min(self.frozen_stages, self.num_stages)
+        if prune_norm:
+            self.classifier.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_stages(x)[1])
+        return self.forward_head(self.forward_features(x))
+
