@@ -195,7 +195,8 @@ def test_markdown_has_the_issue_rows():
             '200.0 ms | 1.20× | 30.0 | 2 / 0 / 2 |',
             '| 800×1216 | 2.0 | 110 | 0 |',
             '| scan | 10.00 | 12.5 |',
-            '| ConvNeXt-T | error: OutOfMemoryError: boom | | | | |'):
+            '| ConvNeXt-T | error: OutOfMemoryError: boom | | | | |',
+            '| LocalVim-T | det_vim | `c.py` | 2 | 1024×1024 | 0.500 | 7.00 | 12000 | fp16 |'):
         assert row in text, row
     assert 'RuntimeError: compile failed' in text
     assert 'Section `scan`: error: ValueError: no.' in text

@@ -1,4 +1,4 @@
-"""GPU benchmarks behind ``tools/benchmark.py`` and ``tools/profile_backbone.py``.
+"""GPU benchmarks behind ``tools/benchmark.py`` and ``tools/dev/profile_backbone.py``.
 
 Modules: :mod:`.measure` (timing, peak memory, environment), :mod:`.workloads`
 (classification and backbone models and steps), :mod:`.steps` (mmdet / mmseg training steps

@@ -270,17 +270,18 @@ def raw_tables(result: dict) -> List[str]:
                   f"{fmt(r.get('fwd_bwd_ms'), '.1f')} | {fmt(r.get('peak_gib'), '.2f')} |"
                   if 'error' not in r else f"| {r['model']} | error: {_last(r['error'])} | | | | |"
                   for r in rows]
-    rows = [r for key in STEP_KEYS.values() for r in result.get(key) or []]
+    rows = [(section, r) for section, key in STEP_KEYS.items() for r in result.get(key) or []]
     if rows:
-        lines += ['', '| train step | config | batch | input (padded) | s/iter (median) | '
-                  'first step s | peak MB | AMP |', '|---|---|---|---|---|---|---|---|']
-        lines += [f"| {r['model']} | `{r['config']}` | {r['batch']} | "
+        lines += ['', '| train step | section | config | batch | input (padded) | '
+                  's/iter (median) | first step s | peak MB | AMP |',
+                  '|---|---|---|---|---|---|---|---|---|']
+        lines += [f"| {r['model']} | {section} | `{r['config']}` | {r['batch']} | "
                   f"{'×'.join(map(str, r['input_shape'][2:]))} | {r['s_iter']:.3f} | "
                   f"{r['first_s']:.2f} | {fmt(r.get('peak_mb'), '.0f')} | {r['amp']} |"
                   if 'error' not in r else
-                  f"| {r['model']} | `{r.get('config', '')}` | error: {_last(r['error'])} "
-                  f"| | | | | |"
-                  for r in rows]
+                  f"| {r['model']} | {section} | `{r.get('config', '')}` | error: "
+                  f"{_last(r['error'])} | | | | | |"
+                  for section, r in rows]
     return lines
 
 

@@ -29,7 +29,7 @@ CLS_MODELS: Dict[str, str] = {
 FIXED_SIZE = ('swin_', 'deit_', 'vit_')
 #: backbone rows: display name -> how the model is built (see :func:`build_backbone`).
 BACKBONES = ('LocalVMamba-T', 'Swin-T', 'LocalVim-T', 'ViT-Ti')
-#: LocalVim-T as configs/mmdet/cascade-maskrcnn_localvim_t_lsj.py builds it.
+#: LocalVim-T as configs/mmdet/cascade-mask-rcnn_localvim-t_sfp_lsj-100e_coco.py builds it.
 LOCAL_VIM_DET = dict(arch='tiny', img_size=(1024, 1024), drop_path_rate=0.1, out_indices=(19, ))
 DROP_PATH = 0.1
 #: a small LocalVMamba (the demo configs' size) for checks on the CPU (``--tiny``).
