@@ -2,7 +2,6 @@
 import importlib.util
 import os.path as osp
 
-import pytest
 
 ROOT = osp.join(osp.dirname(__file__), '..')
 

@@ -401,7 +401,8 @@ def test_classification_search_on_tiny_imagefolder(tmp_path):
     assert len(result.directions) == 4 and all(len(d) == 4 for d in result.directions)
     # an mmengine checkpoint: the classifier under backbone., the classes, the search space
     assert osp.basename(out['checkpoint']) == 'epoch_1.pth'
-    state = torch.load(out['checkpoint'], weights_only=True)
+    from mmlocalmamba.utils.safe_load import safe_torch_load
+    state = safe_torch_load(out['checkpoint'])  # an mmengine checkpoint (HistoryBuffer inside)
     assert state['meta']['dataset_meta']['classes'] == ('cat', 'dog')
     assert state['search_space']['candidates'] == [list(ALL_DIRECTIONS)] * 4
     alphas = [v.flatten().double() for k, v in state['state_dict'].items()
@@ -447,8 +448,9 @@ def test_classification_search_resumes(tmp_path):
     assert [h['iter'] for h in resumed['history']] == [3, 4]
     assert osp.basename(resumed['checkpoint']) == 'epoch_2.pth'
     assert resumed['runner'].iter == straight['runner'].iter == 4
-    a = torch.load(straight['checkpoint'], weights_only=True)['state_dict']
-    b = torch.load(resumed['checkpoint'], weights_only=True)['state_dict']
+    from mmlocalmamba.utils.safe_load import safe_torch_load
+    a = safe_torch_load(straight['checkpoint'])['state_dict']
+    b = safe_torch_load(resumed['checkpoint'])['state_dict']
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)

@@ -314,6 +314,13 @@ def build_runner(cfg: Config):
     from mmengine.runner import Runner
     _unique_visualizer_name(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    return with_safe_loading(runner)
+
+
+def with_safe_loading(runner):
+    """``runner`` whose ``load_checkpoint`` (``resume``, ``load_from``), ``train``, ``val`` and
+    ``test`` load checkpoints through mmlocalmamba's checked loader (returned, changed in
+    place)."""
     for name in ('load_checkpoint', 'train', 'val', 'test'):
         setattr(runner, name, _with_safe_loading(getattr(runner, name)))
     return runner

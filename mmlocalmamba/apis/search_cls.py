@@ -26,12 +26,12 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 
-from ..utils.cli import (non_negative_float, non_negative_int, positive_float,
-                         positive_int)
 from ..search.export import export_all
 from ..search.trainer import (ArchHistoryHook, ImageFolderSet, SearchClassifier, TopOneAccuracy,
                               build_search_model)
-from .runner import _close_process_group, prepare_train_config
+from ..utils.cli import (non_negative_float, non_negative_int, positive_float,
+                         positive_int)
+from .runner import _close_process_group, prepare_train_config, with_safe_loading
 
 __all__ = ['search_cls_config', 'search_classification', 'search_cls_parser', 'search_cls_main']
 
@@ -157,7 +157,7 @@ def _build_runner(cfg: Config, classifier: Optional[nn.Module] = None):
         randomness=cfg.randomness,
         default_scope='mmengine',
         cfg=cfg)
-    return runner, history
+    return with_safe_loading(runner), history
 
 
 def search_classification(train_root: str,
