@@ -11,6 +11,7 @@ written, the dispatch and the custom operator's CUDA backward, and the whole Loc
 (fused against the 'torch' backend).
 """
 import copy
+import inspect
 import textwrap
 
 import pytest
@@ -145,7 +146,7 @@ INTERPRETER_SCRIPT = textwrap.dedent('''
     from mmlocalmamba.ops.triton.config import ConvTile, VimConfig
     from mmlocalmamba.ops.triton import vim as tv
     from mmlocalmamba.ops.vim_scan import _vim_scan_reference
-    from tests.test_triton_vim import make_vim_layer
+    {helper}
     H, W, DIRS, CASES = {grid!r}
     errs = []
     for batch, cls_pos, official, bias, cfg in CASES:
@@ -197,7 +198,8 @@ INTERPRETER_CASES = {
 @pytest.mark.parametrize('case', sorted(INTERPRETER_CASES))
 def test_vim_kernels_in_triton_interpreter(case):
     """The fused kernels' logic on CPU against the float64 reference, forward and gradients."""
-    script = INTERPRETER_SCRIPT.format(grid=INTERPRETER_CASES[case])
+    script = INTERPRETER_SCRIPT.format(grid=INTERPRETER_CASES[case],
+                                       helper=inspect.getsource(make_vim_layer))
     assert run_in_triton_interpreter(script, timeout=1200) < 1e-5
 
 
