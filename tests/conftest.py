@@ -55,6 +55,24 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def assert_backbones_agree(ref, fused, x, out_tol=1e-4, input_tol=1e-3, param_tol=2e-3):
+    """Forward and backward of two copies of a backbone (e.g. the 'torch' and the fused
+    backend) on the same input: every output, the input gradient and the worst parameter
+    gradient agree within ``max_rel`` tolerances (``ref`` is the reference)."""
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    outs_r, outs_f = ref(xr), fused(xf)
+    for o_r, o_f in zip(outs_r, outs_f):
+        assert o_f.shape == o_r.shape
+        assert max_rel(o_f, o_r) < out_tol
+    weights = [torch.randn_like(o) for o in outs_r]
+    sum((o * w).sum() for o, w in zip(outs_r, weights)).backward()
+    sum((o * w).sum() for o, w in zip(outs_f, weights)).backward()
+    assert max_rel(xf.grad, xr.grad) < input_tol
+    worst = max(max_rel(pf.grad, pr.grad)
+                for pr, pf in zip(ref.parameters(), fused.parameters()) if pr.grad is not None)
+    assert worst < param_tol
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

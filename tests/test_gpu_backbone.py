@@ -11,7 +11,7 @@ import torch
 from mmlocalmamba.models import LocalVMamba
 from mmlocalmamba.models.layers import MultiScan
 
-from .conftest import gpu, max_rel
+from .conftest import assert_backbones_agree, gpu, max_rel
 
 
 
@@ -32,20 +32,7 @@ def _pair(**kwargs):
 @pytest.mark.parametrize('size', [(64, 96), (70, 45)])
 def test_fused_backbone_matches_torch_path_fp32(size):
     ref, fused = _pair()
-    x = torch.randn(2, 3, *size, device='cuda')
-    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-    outs_r, outs_f = ref(xr), fused(xf)
-    for o_r, o_f in zip(outs_r, outs_f):
-        assert o_f.shape == o_r.shape
-        assert max_rel(o_f, o_r) < 1e-4
-    weights = [torch.randn_like(o) for o in outs_r]
-    sum((o * w).sum() for o, w in zip(outs_r, weights)).backward()
-    sum((o * w).sum() for o, w in zip(outs_f, weights)).backward()
-    assert max_rel(xf.grad, xr.grad) < 1e-3
-    worst = max(max_rel(pf.grad, pr.grad)
-                for (name, pr), pf in zip(ref.named_parameters(), fused.parameters())
-                if pr.grad is not None)
-    assert worst < 2e-3
+    assert_backbones_agree(ref, fused, torch.randn(2, 3, *size, device='cuda'))
 
 
 @gpu

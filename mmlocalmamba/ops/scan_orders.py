@@ -34,8 +34,8 @@ __all__ = [
     'ALL_DIRECTIONS', 'parse_direction', 'check_direction', 'direction_code', 'direction_name',
     'scan_length', 'gather_index',
     'inverse_index', 'stacked_tables', 'stacked_gather_index', 'stacked_inverse_index',
-    'ScanTables', 'kernel_tables', 'scan', 'reverse', 'multi_scan', 'multi_reverse',
-    'direction_lists'
+    'ScanTables', 'kernel_tables', 'VimTables', 'vim_kernel_tables', 'scan', 'reverse',
+    'multi_scan', 'multi_reverse', 'direction_lists'
 ]
 
 #: The 8 candidate directions of the paper, in the official order (search space order).
@@ -268,6 +268,67 @@ def kernel_tables(height: int, width: int, directions: Sequence[str],
     """
     return _kernel_tables(int(height), int(width), tuple(directions), bool(official_v_reverse),
                           torch.device(device))
+
+
+VimTables = namedtuple('VimTables', ['gather', 'scatter', 'steps', 'order', 'lengths',
+                                     'num_tokens', 'separate_scatter', 'uniform'])
+VimTables.__doc__ = """The int32 tables of the fused LocalVim kernels (see :func:`vim_kernel_tables`).
+
+Positions are those of the layer's ``T`` tokens (``T = H*W``, +1 with the class token at
+``cls_pos``), not grid ids: ``num_tokens = T`` means "none".
+
+gather (K, L): position read at step t (``T``: window padding, a zero token, or past the end);
+scatter (K, L) or None: position written at step t (``T``: dropped); None when it equals
+``gather`` (always, unless ``official_v_reverse`` changes the v/v_flip outputs of a non-square
+grid); steps (K, T): the step of direction k that reads position p (the inverse of ``gather``:
+every direction reads every token once); order (K, L): ``t`` below the direction's length, ``L``
+past it (scan order itself, for kernels whose inputs are already in scan order); lengths (K,);
+num_tokens = T; separate_scatter = scatter is not None; uniform = all lengths equal L (host).
+"""
+
+
+@lru_cache(maxsize=256)
+def _vim_kernel_tables(height, width, directions, official_v_reverse, cls_pos, device):
+    gather, inverse, lengths = stacked_tables(height, width, directions, official_v_reverse,
+                                              cls_pos)
+    _, steps, _ = stacked_tables(height, width, directions, False, cls_pos)
+    num = height * width
+    tokens = num + (cls_pos is not None)
+    # token ids (grid 0..num-1, padding num, class token num+1) -> positions in the T tokens
+    position = torch.arange(num + 2, dtype=torch.long)
+    if cls_pos is not None:
+        position[:num] += (position[:num] >= cls_pos).long()
+        position[num + 1] = cls_pos
+    position[num] = tokens
+    gather = position[gather]
+    scatter = torch.full_like(gather, tokens)
+    # out[p] = seq[inverse[p]]  =>  step inverse[p] writes position p
+    scatter.scatter_(1, inverse, torch.arange(tokens, dtype=torch.long).expand_as(inverse))
+    separate = not torch.equal(gather, scatter)
+    length = gather.shape[1]
+    order = torch.arange(length, dtype=torch.long).expand_as(gather).clone()
+    order[order >= lengths[:, None]] = length
+    dev = torch.device(device)
+    return VimTables(gather.to(dev, torch.int32),
+                     scatter.to(dev, torch.int32) if separate else None,
+                     steps.to(dev, torch.int32), order.to(dev, torch.int32),
+                     lengths.to(dev, torch.int32), tokens, separate,
+                     bool((lengths == length).all()))
+
+
+def vim_kernel_tables(height: int, width: int, directions: Sequence[str],
+                      official_v_reverse: bool = False, cls_pos: Optional[int] = None,
+                      device: torch.device = torch.device('cpu')) -> VimTables:
+    """:class:`VimTables` of a LocalVim layer's direction list on an ``H x W`` grid (with the
+    class token at ``cls_pos`` of the tokens and of every sequence; cached per device).
+
+    Raises:
+        ValueError: for an unknown direction name, an empty list, an empty grid or a
+            ``cls_pos`` outside ``[0, H*W]``.
+    """
+    return _vim_kernel_tables(int(height), int(width), tuple(directions),
+                              bool(official_v_reverse), None if cls_pos is None else int(cls_pos),
+                              torch.device(device))
 
 
 def _with_pad_token(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,12 @@ with zero tokens, which then go through the conv and **do** write into the SSM s
 for the middle-class-token variant, the class token inserted at index ``cls_pos`` of the
 (padded) sequence. Directions of different lengths are end-padded with zeros to a common
 length and scanned together; as conv and scan are causal, end padding changes nothing.
+
+Backends: the function below is the reference (pure PyTorch around the plain selective scan of
+the chosen backend). With the ``'triton'`` backend (``'auto'`` on CUDA), fp32 / fp16 / bf16 CUDA
+tensors take the fused path of :mod:`mmlocalmamba.ops.triton.vim` instead (same values: the K
+directions in one launch per pass, tokens read in place through the scan tables, no permuted or
+padded copies); float64 and CPU tensors always run the reference.
 """
 from typing import List, Optional, Sequence
 
@@ -20,8 +26,8 @@ import torch.nn.functional as F
 from .custom_ops import (HAS_CUSTOM_OPS, autocast_dtype, grads_like, recompute_grads,
                          use_custom_ops)
 from .scan_orders import (direction_code, direction_name, stacked_gather_index,
-                          stacked_inverse_index)
-from .selective_scan import selective_scan
+                          stacked_inverse_index, vim_kernel_tables)
+from .selective_scan import resolve_backend, selective_scan
 
 __all__ = ['vim_gather_index', 'vim_inverse_index', 'vim_multi_scan', 'vim_multi_reverse',
            'local_vim_scan']
@@ -120,6 +126,10 @@ def local_vim_scan(xz: torch.Tensor,
 
     Under ``torch.compile`` / ``torch.jit.trace`` the call goes through the custom operator
     ``torch.ops.mmlocalmamba.vim_scan`` (same values).
+
+    With the ``'triton'`` backend (``'auto'`` on CUDA) fp32 / fp16 / bf16 CUDA tensors run the
+    fused kernels (:func:`~mmlocalmamba.ops.triton.vim.vim_scan_triton`); the output dtype is
+    the reference's, ``promote(autocast dtype or xz.dtype, xz.dtype)``.
     """
     if use_custom_ops():
         return torch.ops.mmlocalmamba.vim_scan(
@@ -131,9 +141,34 @@ def local_vim_scan(xz: torch.Tensor,
                            backend)
 
 
+def _fused_possible(xz: torch.Tensor, backend: str) -> bool:
+    """The fused Triton path applies: backend 'triton' (or 'auto' on CUDA), a non-empty batch
+    of fp32 / fp16 / bf16 tensors (float64 keeps the reference)."""
+    return (xz.dtype != torch.float64 and xz.shape[0] > 0
+            and resolve_backend(backend, xz.device) == 'triton')
+
+
+def _fused_tables(xz, height, width, directions, cls_pos, official_v_reverse):
+    return vim_kernel_tables(height, width, directions, official_v_reverse, cls_pos, xz.device)
+
+
 def _vim_scan_eager(xz, height, width, directions, conv_weight, conv_bias, x_proj_weight,
                     dt_proj_weight, dt_proj_bias, A_log, D, cls_pos, official_v_reverse,
                     backend):
+    if _fused_possible(xz, backend):
+        from .triton.vim import vim_scan_triton
+        tables = _fused_tables(xz, height, width, directions, cls_pos, official_v_reverse)
+        return vim_scan_triton(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                               dt_proj_bias, A_log, D, tables, autocast_dtype(xz.device))
+    return _vim_scan_reference(xz, height, width, directions, conv_weight, conv_bias,
+                               x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cls_pos,
+                               official_v_reverse, backend)
+
+
+def _vim_scan_reference(xz, height, width, directions, conv_weight, conv_bias, x_proj_weight,
+                        dt_proj_weight, dt_proj_bias, A_log, D, cls_pos, official_v_reverse,
+                        backend):
+    """The reference: gathers, per-direction conv, einsums, the plain scan of ``backend``."""
     batch = xz.shape[0]
     num_dirs, d_inner, d_conv = conv_weight.shape
     rank = dt_proj_weight.shape[-1]
@@ -172,15 +207,35 @@ _TENSOR_ARGS = ('xz', 'conv_weight', 'conv_bias', 'x_proj_weight', 'dt_proj_weig
 
 def _vim_op_call(tensors, height, width, codes, cls_pos, official_v_reverse, backend,
                  amp_dtype):
-    """The eager scan under the caller's autocast state (``amp_dtype``), the output in
-    ``amp_dtype or xz.dtype``."""
+    """The scan under the caller's autocast state (``amp_dtype``), the output in
+    ``amp_dtype or xz.dtype``: the fused forward where it applies, else the reference."""
     xz, conv_w, conv_b, xpw, dtw, dtb, a_log, d_skip = tensors
     directions = [direction_name(c) for c in codes]
+    if _fused_possible(xz, backend):
+        from .triton.vim import vim_scan_forward
+        tables = _fused_tables(xz, height, width, directions, cls_pos, official_v_reverse)
+        y, _ = vim_scan_forward(*tensors, tables, amp_dtype)
+        return y.to(amp_dtype or xz.dtype)
     with torch.autocast(xz.device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
-        y = _vim_scan_eager(xz, height, width, directions, conv_w, conv_b, xpw, dtw, dtb, a_log,
-                            d_skip, cls_pos, official_v_reverse, backend)
+        y = _vim_scan_reference(xz, height, width, directions, conv_w, conv_b, xpw, dtw, dtb,
+                                a_log, d_skip, cls_pos, official_v_reverse, backend)
     return y.to(amp_dtype or xz.dtype)
+
+
+def _vim_op_grads(dy, tensors, height, width, codes, cls_pos, official_v_reverse, backend,
+                  amp_dtype):
+    """Gradients of :func:`_vim_op_call` w.r.t. its tensors: the fused backward where it
+    applies (no recompute through ``torch.func.vjp``), else the reference's vjp."""
+    xz = tensors[0]
+    if _fused_possible(xz, backend):
+        from .triton.vim import vim_scan_backward
+        directions = [direction_name(c) for c in codes]
+        tables = _fused_tables(xz, height, width, directions, cls_pos, official_v_reverse)
+        return list(vim_scan_backward(dy, *tensors, tables, amp_dtype))
+    return recompute_grads(
+        lambda *t: _vim_op_call(t, height, width, codes, cls_pos, official_v_reverse, backend,
+                                amp_dtype), tensors, dy)
 
 
 if HAS_CUSTOM_OPS:
@@ -218,9 +273,8 @@ if HAS_CUSTOM_OPS:
         absent conv bias)."""
         tensors = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
                    A_log, D)
-        grads = recompute_grads(
-            lambda *t: _vim_op_call(t, height, width, codes, cls_pos, official_v_reverse,
-                                    backend, amp_dtype), tensors, dy)
+        grads = _vim_op_grads(dy, tensors, height, width, codes, cls_pos, official_v_reverse,
+                              backend, amp_dtype)
         present = [t if t is not None else conv_weight.new_zeros(0) for t in tensors]
         return grads_like(grads, present)
 

@@ -7,7 +7,8 @@ measurements behind them are in ``docs/kernel_notes.md``.
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ['Tile', 'ScanConfig', 'DEFAULT_SCAN_CONFIG']
+__all__ = ['Tile', 'ScanConfig', 'DEFAULT_SCAN_CONFIG', 'ConvTile', 'VimConfig',
+           'DEFAULT_VIM_CONFIG']
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,47 @@ class ScanConfig:
 
 #: The configuration the dispatchers use (tuned on an H100; see docs/kernel_notes.md).
 DEFAULT_SCAN_CONFIG = ScanConfig()
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """Work split of the LocalVim conv kernels: a program owns ``BT`` steps (or tokens) x ``BD``
+    channels of one (batch, direction) and runs ``num_warps`` warps."""
+
+    BT: int = 32
+    BD: int = 64
+    num_warps: int = 4
+
+    def constexprs(self) -> dict:
+        """The tile's kernel constants (``BT``, ``BD``)."""
+        return dict(BT=self.BT, BD=self.BD)
+
+    def launch_options(self) -> dict:
+        """Triton launch options (``num_warps``)."""
+        return dict(num_warps=self.num_warps)
+
+
+@dataclass(frozen=True)
+class VimConfig:
+    """Launch configuration of the fused LocalVim layer (:mod:`mmlocalmamba.ops.triton.vim`).
+
+    Attributes:
+        scan: the scan passes (the LocalVMamba kernels' settings: tiles, segments, checkpoints,
+            dt-rank threshold, inline assembly; the gated kernels use the same tiles). The
+            forward tile is capped at 96 registers instead of 80: at 80 the gated forward
+            spills 168 bytes (61 local loads / stores per two steps in the loop) at LocalVim-T
+            widths (rank 12), at 96 it spills nothing (local SASS report; not yet measured).
+        conv: the causal conv1d + SiLU forward, in scan order.
+        conv_bwd: its backward in scan order (d pre-activation, weight / bias partial sums).
+        conv_dx: the input gradient in natural token order (both halves of ``xz``).
+    """
+
+    scan: ScanConfig = field(default_factory=lambda: ScanConfig(
+        fwd=Tile(CH=1, DL=32, num_warps=1, maxnreg=96)))
+    conv: ConvTile = field(default_factory=ConvTile)
+    conv_bwd: ConvTile = field(default_factory=ConvTile)
+    conv_dx: ConvTile = field(default_factory=ConvTile)
+
+
+#: The configuration the LocalVim dispatcher uses (not yet measured on a GPU).
+DEFAULT_VIM_CONFIG = VimConfig()
