@@ -5,7 +5,6 @@ scanned as one selective scan over ``K * D`` channels. The function below is the
 every backend implements; the ``'torch'`` implementation (the reference) is written out here,
 the fused Triton one lives in :mod:`mmlocalmamba.ops.triton.scan`.
 """
-import warnings
 from typing import List, Optional, Sequence
 
 import torch
@@ -152,7 +151,6 @@ def _local_scan_op_backward_impl(dy, x, x_proj_weight, dt_projs_weight, dt_projs
             lambda *t: _local_scan_eager(*t, directions, official_v_reverse, 'torch'), inputs,
             dy)
     from .triton.scan import local_tokens_backward, projection_weight
-    _warn_compiled_backward()
     nstate = A_logs.shape[-1]
     x_cl, weight, cdt = _tokens(x, x_proj_weight, nstate, proj_dtype)
     tables = kernel_tables(x.shape[2], x.shape[3], directions, official_v_reverse, x.device)
@@ -164,21 +162,6 @@ def _local_scan_op_backward_impl(dy, x, x_proj_weight, dt_projs_weight, dt_projs
     batch, channels, height, width = x.shape
     dx = dx_cl.view(batch, height, width, channels).permute(0, 3, 1, 2).to(x.dtype)
     return [dx, d_xpw, d_dtw, d_bias, d_alog, d_ds]
-
-
-_COMPILED_BACKWARD_WARNED = []
-
-
-def _warn_compiled_backward() -> None:
-    """One warning the first time the fused backward runs inside a compiled graph."""
-    if not _COMPILED_BACKWARD_WARNED:
-        _COMPILED_BACKWARD_WARNED.append(True)
-        warnings.warn(
-            'mmlocalmamba: the backward of torch.compile(LocalVMamba) on CUDA did not match the '
-            'eager gradients in the GPU test of 2026-12-01 (torch 2.11, Inductor; the compiled '
-            'forward and the CPU compile do match); train eagerly and compile for inference '
-            'until tests/test_custom_ops.py::'
-            'test_compiled_models_on_cuda_equal_eager_and_new_sizes_compile_no_kernel passes.')
 
 
 if HAS_CUSTOM_OPS:
