@@ -433,6 +433,75 @@ def _chan_sum_add(row, s_v, x, lane, mask, DL: tl.constexpr, V: tl.constexpr,
 
 
 @triton.jit
+def _adjoint_step(h_prev, delta, e, uf, bf, cf, g, live, da_acc, dd_acc, dbias_acc, a2, dskip,
+                  SOFTPLUS: tl.constexpr, ASM_DECAY: tl.constexpr):
+    """The reverse recurrence of one step, shared by the LocalVMamba and the gated LocalVim
+    backward: from the state before the step (``h_prev``), its ``delta``, its inputs (``uf`` =
+    u * pf, ``bf``, ``cf`` in fp32) and upstream gradient ``g``, the adjoint carried as
+    ``e_t = decay_t * dh_t`` with ``dh_t = C_t g_t + e_{t+1}`` (``live``: the step is inside
+    the direction, its d bias counts).
+
+    Returns the updated ``e``, the state after the step ``h_t``, ``dh``, ``delta * u``, d(delta
+    before softplus), d u and the accumulators of dA, dD and d bias.
+    """
+    if ASM_DECAY:
+        decay = _ex2_asm(delta * a2)  # not merged with the recompute's exp2 (registers)
+    else:
+        decay = tl.exp2(delta * a2)
+    hd = decay * h_prev  # decay_t * h_{t-1}
+    dbu = delta * uf
+    h_t = hd + dbu * bf
+    dh = cf * g + e
+    e = decay * dh
+    x_t = dh * hd
+    da_acc += delta * x_t
+    s_b = tl.sum(dh * bf, axis=1, keep_dims=True)
+    s_x = tl.sum(a2 * x_t, axis=1, keep_dims=True) * LN2
+    du = delta * s_b + dskip * g
+    ddelta = uf * s_b + s_x
+    if SOFTPLUS:
+        ddraw = ddelta * (1.0 - tl.exp2(-delta * LOG2E))
+    else:
+        ddraw = ddelta
+    ddraw = tl.where(live, ddraw, 0.0)
+    dbias_acc += ddraw
+    dd_acc += g * uf
+    return e, h_t, dh, dbu, ddraw, du, da_acc, dd_acc, dbias_acc
+
+
+@triton.jit
+def _add_step_grads(at, dc_base, sdc_n, sdc_l, db_base, sdb_n, sdb_l, ddt_base, ddt_off, sddt_r,
+                    sddt_l, g, h_t, dh, dbu, ddraw, dtr, pf, w, dw_acc, lane, valid, dmask,
+                    DL: tl.constexpr, RP: tl.constexpr, N: tl.constexpr,
+                    DELTA_FULL: tl.constexpr, USE_RS: tl.constexpr):
+    """One step's d C, d B (sums over the program's channels, added atomically at row ``at``)
+    and d dt (stored in full at row ``at``, or added to its low-rank columns) where ``valid``;
+    returns the low-rank dW accumulator."""
+    _chan_sum_add(dc_base + at * sdc_l, sdc_n, g * h_t, lane, valid, DL, N, USE_RS)
+    _chan_sum_add(db_base + at * sdb_l, sdb_n, dh * dbu, lane, valid, DL, N, USE_RS)
+    if DELTA_FULL:
+        tl.store((ddt_base + at * sddt_l) + ddt_off, ddraw, mask=dmask & valid)
+    else:
+        ddraw_p = ddraw * pf
+        dw_acc += ddraw_p * dtr.to(tl.float32)
+        _chan_sum_add(ddt_base + at * sddt_l, sddt_r, w * ddraw_p, lane, valid, DL, RP, USE_RS)
+    return dw_acc
+
+
+@triton.jit
+def _advance_state(h, row, bound, t, length, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
+                   b_off, sb_l, w, bias, a2, dmask, DELTA_FULL: tl.constexpr,
+                   SOFTPLUS: tl.constexpr):
+    """The forward recurrence of step ``t`` (it counts below ``length``) reading its inputs at
+    ``row`` (none at or beyond ``bound``): (state after the step, its delta)."""
+    u, dtr, bv, pf = _load_in(row, bound, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
+                              b_off, sb_l, dmask, DELTA_FULL)
+    delta = _delta(dtr, pf, w, bias, t < length, DELTA_FULL, SOFTPLUS)
+    h = tl.exp2(delta * a2) * h + (delta * (u.to(tl.float32) * pf)) * bv.to(tl.float32)
+    return h, delta
+
+
+@triton.jit
 def _bwd_step(t, h_prev, delta, e, da_acc, dd_acc, dbias_acc, dw_acc, lane, length, num_tokens,
               gidx_row, sidx_row, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base, b_off,
               sb_l, c_base, c_off, sc_l, dy_base, dy_off, sy_l, du_base, du_off, sdu_l, ddt_base,
@@ -459,37 +528,13 @@ def _bwd_step(t, h_prev, delta, e, da_acc, dd_acc, dbias_acc, dw_acc, lane, leng
     qv = q < num_tokens
     g = tl.load((dy_base + tl.where(qv, q, 0) * sy_l) + dy_off, mask=dmask & qv,
                 other=0.0).to(tl.float32)
-    if ASM_DECAY:
-        decay = _ex2_asm(delta * a2)  # not merged with the recompute's exp2 (registers)
-    else:
-        decay = tl.exp2(delta * a2)
-    hd = decay * h_prev  # decay_t * h_{t-1}
-    dbu = delta * uf
-    h_t = hd + dbu * bf
-    dh = cf * g + e
-    e = decay * dh
-    x_t = dh * hd
-    da_acc += delta * x_t
-    s_b = tl.sum(dh * bf, axis=1, keep_dims=True)
-    s_x = tl.sum(a2 * x_t, axis=1, keep_dims=True) * LN2
-    du = delta * s_b + dskip * g
-    ddelta = uf * s_b + s_x
-    if SOFTPLUS:
-        ddraw = ddelta * (1.0 - tl.exp2(-delta * LOG2E))
-    else:
-        ddraw = ddelta
-    ddraw = tl.where(t < length, ddraw, 0.0)
-    dbias_acc += ddraw
-    dd_acc += g * uf
+    e, h_t, dh, dbu, ddraw, du, da_acc, dd_acc, dbias_acc = _adjoint_step(
+        h_prev, delta, e, uf, bf, cf, g, t < length, da_acc, dd_acc, dbias_acc, a2, dskip,
+        SOFTPLUS, ASM_DECAY)
     # Sums over the program's channels, added atomically at token p.
-    _chan_sum_add(dc_base + ps * sdc_l, sdc_n, g * h_t, lane, pv, DL, N, USE_RS)
-    _chan_sum_add(db_base + ps * sdb_l, sdb_n, dh * dbu, lane, pv, DL, N, USE_RS)
-    if DELTA_FULL:
-        tl.store((ddt_base + ps * sddt_l) + ddt_off, ddraw, mask=dmask & pv)
-    else:
-        ddraw_p = ddraw * pf
-        dw_acc += ddraw_p * dtr.to(tl.float32)
-        _chan_sum_add(ddt_base + ps * sddt_l, sddt_r, w * ddraw_p, lane, pv, DL, RP, USE_RS)
+    dw_acc = _add_step_grads(ps, dc_base, sdc_n, sdc_l, db_base, sdb_n, sdb_l, ddt_base, ddt_off,
+                             sddt_r, sddt_l, g, h_t, dh, dbu, ddraw, dtr, pf, w, dw_acc, lane, pv,
+                             dmask, DL, RP, N, DELTA_FULL, USE_RS)
     if DU_ATOMIC:
         tl.atomic_add((du_base + ps * sdu_l) + du_off, du, mask=dmask & pv, sem='relaxed')
     else:
@@ -504,11 +549,8 @@ def _recompute_step(t, h, length, num_tokens, gidx_row, sidx_row, x_base, x_off,
                     SEPARATE_SCATTER: tl.constexpr):
     """The state after step ``t`` and the step's delta (the forward recurrence, no output)."""
     p, q = _tok(gidx_row, sidx_row, t, length, num_tokens, IDENTITY, SEPARATE_SCATTER)
-    u, dtr, bv, pf = _load_in(p, num_tokens, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
-                              b_off, sb_l, dmask, DELTA_FULL)
-    delta = _delta(dtr, pf, w, bias, t < length, DELTA_FULL, SOFTPLUS)
-    h = tl.exp2(delta * a2) * h + (delta * (u.to(tl.float32) * pf)) * bv.to(tl.float32)
-    return h, delta
+    return _advance_state(h, p, num_tokens, t, length, x_base, x_off, sx_l, dt_base, dt_off,
+                          sdt_l, b_base, b_off, sb_l, w, bias, a2, dmask, DELTA_FULL, SOFTPLUS)
 
 
 @triton.jit(do_not_specialize=_SIZE_ARGS_BWD)

@@ -30,8 +30,8 @@ path") for the design. Two families:
 import triton
 import triton.language as tl
 
-from .scan_kernels import (LN2, LOG2E, _chan_sum_add, _delta, _ex2_asm, _fwd_step, _load_dskip,
-                           _load_in, _load_vec, _prologue, _tok)
+from .scan_kernels import (_add_step_grads, _adjoint_step, _advance_state, _delta, _fwd_step,
+                           _load_dskip, _load_in, _load_vec, _prologue, _tok)
 
 
 @triton.jit
@@ -335,17 +335,6 @@ def vim_scan_rev_summary_kernel(
     tl.store(es_ptr + (bk * num_seg + seg) * N * num_ch + n * num_ch + td, e, mask=dmask)
 
 
-@triton.jit
-def _step_state(h, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base, b_off, sb_l, t, length,
-                w, bias, a2, dmask, DELTA_FULL: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(state after step t, delta_t) from the state before it, inputs at row t."""
-    u, dtr, bv, pf = _load_in(t, length, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
-                              b_off, sb_l, dmask, DELTA_FULL)
-    delta = _delta(dtr, pf, w, bias, t < length, DELTA_FULL, SOFTPLUS)
-    h = tl.exp2(delta * a2) * h + (delta * (u.to(tl.float32) * pf)) * bv.to(tl.float32)
-    return h, delta
-
-
 @triton.jit(do_not_specialize=['tab_sd'])
 def vim_scan_bwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
@@ -427,17 +416,17 @@ def vim_scan_bwd_kernel(
         for ex in range(0, c % CKM):
             te = (c_ck * CKM + ex) * T
             for j in tl.static_range(T):
-                h, delta = _step_state(h, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
-                                       b_off, sb_l, te + j, length, w, bias, a2, dmask,
-                                       DELTA_FULL, SOFTPLUS)
+                h, delta = _advance_state(h, te + j, length, te + j, length, x_base, x_off,
+                                          sx_l, dt_base, dt_off, sdt_l, b_base, b_off, sb_l, w,
+                                          bias, a2, dmask, DELTA_FULL, SOFTPLUS)
         # Recompute the chunk's states; keep h_{t-1} and delta_t of every step in registers.
         hs = (h, )
         deltas = ()
         for j in tl.static_range(T):
             if j < T - 1:
-                h, delta = _step_state(h, x_base, x_off, sx_l, dt_base, dt_off, sdt_l, b_base,
-                                       b_off, sb_l, t0 + j, length, w, bias, a2, dmask,
-                                       DELTA_FULL, SOFTPLUS)
+                h, delta = _advance_state(h, t0 + j, length, t0 + j, length, x_base, x_off,
+                                          sx_l, dt_base, dt_off, sdt_l, b_base, b_off, sb_l, w,
+                                          bias, a2, dmask, DELTA_FULL, SOFTPLUS)
                 hs = hs + (h, )
             else:  # the chunk's last state is not needed
                 ins = _load_in(t0 + j, length, x_base, x_off, sx_l, dt_base, dt_off, sdt_l,
@@ -458,42 +447,17 @@ def vim_scan_bwd_kernel(
             dyv = _load_at(dy_base, dy_off, sy_l, q, num_tokens, dmask)
             g = dyv * _silu(_load_at(z_base, z_off, sz_l, p, num_tokens, dmask))
             delta = deltas[T - 1 - jj]
-            if RECOMPUTE_DECAY:
-                decay = _ex2_asm(delta * a2)  # not merged with the recompute's exp2 (registers)
-            else:
-                decay = tl.exp2(delta * a2)
-            hd = decay * hs[T - 1 - jj]  # decay_t * h_{t-1}
-            dbu = delta * uf
-            h_t = hd + dbu * bf
+            e, h_t, dh, dbu, ddraw, du, da_acc, dd_acc, dbias_acc = _adjoint_step(
+                hs[T - 1 - jj], delta, e, uf, bf, cf, g, live, da_acc, dd_acc, dbias_acc, a2,
+                dskip, SOFTPLUS, RECOMPUTE_DECAY)
             # the gate: out = y_t SiLU(z), y_t = <h_t, C_t> + D u_t (recomputed, not saved)
             y_t = tl.sum(h_t * cf, axis=1, keep_dims=True) + dskip * uf
             tl.store((gz_base + tl.where(p < num_tokens, p, 0) * sgz_l) + gz_off, dyv * y_t,
                      mask=dmask & (p < num_tokens) & live)
-            dh = cf * g + e
-            e = decay * dh
-            x_t = dh * hd
-            da_acc += delta * x_t
-            s_b = tl.sum(dh * bf, axis=1, keep_dims=True)
-            s_x = tl.sum(a2 * x_t, axis=1, keep_dims=True) * LN2
-            du = delta * s_b + dskip * g
-            ddelta = uf * s_b + s_x
-            if SOFTPLUS:
-                ddraw = ddelta * (1.0 - tl.exp2(-delta * LOG2E))
-            else:
-                ddraw = ddelta
-            ddraw = tl.where(live, ddraw, 0.0)
-            dbias_acc += ddraw
-            dd_acc += g * uf
             # Sums over the program's channels, added atomically at row t.
-            _chan_sum_add(dc_base + row * sdc_l, sdc_n, g * h_t, lane, live, DL, N, USE_RS)
-            _chan_sum_add(db_base + row * sdb_l, sdb_n, dh * dbu, lane, live, DL, N, USE_RS)
-            if DELTA_FULL:
-                tl.store((ddt_base + row * sddt_l) + ddt_off, ddraw, mask=dmask & live)
-            else:
-                ddraw_p = ddraw * pf
-                dw_acc += ddraw_p * dtr.to(tl.float32)
-                _chan_sum_add(ddt_base + row * sddt_l, sddt_r, w * ddraw_p, lane, live, DL, RP,
-                              USE_RS)
+            dw_acc = _add_step_grads(row, dc_base, sdc_n, sdc_l, db_base, sdb_n, sdb_l, ddt_base,
+                                     ddt_off, sddt_r, sddt_l, g, h_t, dh, dbu, ddraw, dtr, pf, w,
+                                     dw_acc, lane, live, dmask, DL, RP, N, DELTA_FULL, USE_RS)
             tl.store((du_base + row * sdu_l) + du_off, du, mask=dmask & live)
 
     part = (bidx * num_seg + seg) * num_dirs * num_ch + tkd
