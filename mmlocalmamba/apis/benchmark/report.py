@@ -368,13 +368,15 @@ def format_markdown(result: dict) -> str:
 
 
 def plot(result: dict, png: str) -> None:
-    """Bar charts of the classification throughputs (``models`` rows) to ``png``."""
+    """Bar charts of the classification throughputs (``models`` and ``vim_cls`` rows) to
+    ``png``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    models = [m for m in result['models'] if 'error' not in m]
+    models = [m for m in (result.get('models') or []) + (result.get('vim_cls') or [])
+              if 'error' not in m]
     names = [m['model'] for m in models]
-    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.6 * len(names)), 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.2 * len(names)), 4.0))
     colors = ['#d1495b', '#00798c', '#edae49', '#66a182', '#2e4057', '#8d96a3']
     for ax, key, title in zip(axes, ['infer_img_s', 'train_img_s'],
                               ['inference img/s', 'training (fwd+bwd) img/s']):
@@ -383,7 +385,9 @@ def plot(result: dict, png: str) -> None:
         ax.bar_label(bars, fmt='%.0f')
         ax.set_title(f'{title}, b128, 224², bf16')
         ax.set_ylim(0, max(vals) * 1.15)
-        ax.tick_params(axis='x', labelsize=8)
+        ax.tick_params(axis='x', labelsize=8, labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment('right')
     env = result['environment']
     fig.suptitle(f"{env['device']} · torch {env['torch']} · triton {env.get('triton')} · "
                  f"{env['date']}", fontsize=9)
