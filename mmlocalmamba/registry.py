@@ -8,7 +8,8 @@ mmpretrain, a user's own) falls back to, so the modules are found from any scope
 * ``MODELS``: the backbones, their migration aliases, the classifiers, the simple feature
   pyramid neck and the channel LayerNorm under mmcv's norm name ``LN2d``;
 * ``HOOKS``: ``ArchWeightsLoggerHook`` (direction search), ``RNGStateHook`` (exact resume);
-* ``OPTIM_WRAPPER_CONSTRUCTORS``: ``LayerDecayOptimWrapperConstructor``;
+* ``OPTIM_WRAPPER_CONSTRUCTORS``: ``LayerDecayOptimWrapperConstructor``,
+  ``PlainGroupsOptimWrapperConstructor``;
 * timm's model registry: ``local_vssm_*`` and ``local_vim_*`` classifiers; for these models
   ``timm.create_model(..., checkpoint_path=PATH)`` loads through mmlocalmamba's checked loader
   (:func:`~mmlocalmamba.utils.checkpoint.load_timm_checkpoint`; every other model keeps timm's
@@ -27,6 +28,7 @@ from timm.models import is_model, register_model
 
 from .engine.arch_weights_hook import ArchWeightsLoggerHook
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
+from .engine.optim_constructor import PlainGroupsOptimWrapperConstructor
 from .engine.rng_state_hook import RNGStateHook
 from .models.compat import MM_LocalVSSM
 from .models.compat_vim import MM_LocalVim
@@ -63,6 +65,8 @@ _ENTRIES = tuple((MODELS, cls.__name__, cls) for cls in (
         (HOOKS, 'RNGStateHook', RNGStateHook),
         (OPTIM_WRAPPER_CONSTRUCTORS, 'LayerDecayOptimWrapperConstructor',
          LayerDecayOptimWrapperConstructor),
+        (OPTIM_WRAPPER_CONSTRUCTORS, 'PlainGroupsOptimWrapperConstructor',
+         PlainGroupsOptimWrapperConstructor),
     ) + tuple((TIMM, name, factory) for name, factory in TIMM_MODELS.items())
 
 

@@ -4,7 +4,8 @@
 # and no `optim_wrapper`: the configs inherit it beside their mmdet/mmseg base and take the
 # blocks by name, e.g.
 #   model = dict(backbone=dict(_base_.localvmamba_t, _delete_=True))
-#   optim_wrapper = dict(paramwise_cfg=_base_.localvmamba_paramwise_cfg)
+#   optim_wrapper = dict(constructor=_base_.localvmamba_optim_constructor,
+#                        paramwise_cfg=_base_.localvmamba_paramwise_cfg)
 custom_imports = dict(imports=['mmlocalmamba'], allow_failed_imports=False)
 
 # LocalVMamba-T, drop path 0.2 as in the paper's detection configs, all four stages out.
@@ -32,6 +33,10 @@ localvmamba_paramwise_cfg = dict(
         '.A_logs': dict(decay_mult=0.),
         '.Ds': dict(decay_mult=0.)
     })
+
+# mmengine's default constructor with plain-dict parameter groups, so that `compile=True`
+# (torch.compile of the training step, optimizer step included) can trace the optimizer.
+localvmamba_optim_constructor = 'PlainGroupsOptimWrapperConstructor'
 
 # Saves Python/NumPy/torch generator states in checkpoints: --resume continues exactly.
 custom_hooks = [dict(type='RNGStateHook')]

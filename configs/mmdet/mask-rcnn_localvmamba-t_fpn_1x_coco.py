@@ -12,4 +12,5 @@ _base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', '../_base_/localv
 pretrained = _base_.localvmamba_t.init_cfg.checkpoint  # in place of the Swin-T checkpoint
 
 model = dict(backbone=dict(_base_.localvmamba_t, _delete_=True))  # drop the Swin keys
-optim_wrapper = dict(paramwise_cfg=_base_.localvmamba_paramwise_cfg)
+optim_wrapper = dict(constructor=_base_.localvmamba_optim_constructor,
+                     paramwise_cfg=_base_.localvmamba_paramwise_cfg)

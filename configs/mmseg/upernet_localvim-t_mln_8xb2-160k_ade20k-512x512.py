@@ -38,8 +38,10 @@ model = dict(
     auxiliary_head=dict(in_channels=embed_dim))
 
 # mmseg's ViT recipe (no weight decay for pos_embed, cls_token and norms, inherited) plus none
-# for the SSM parameters A_log_* and D_* (as in Mamba/Vim).
+# for the SSM parameters A_log_* and D_* (as in Mamba/Vim); plain-dict parameter groups, so that
+# `compile=True` can trace the optimizer step.
 optim_wrapper = dict(
+    constructor='PlainGroupsOptimWrapperConstructor',
     paramwise_cfg=dict(custom_keys={
         '.A_log_': dict(decay_mult=0.),
         '.D_': dict(decay_mult=0.)

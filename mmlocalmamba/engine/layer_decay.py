@@ -24,7 +24,8 @@ from typing import Dict, List, Optional
 
 import torch.nn as nn
 from mmengine.logging import MMLogger, print_log
-from mmengine.optim import DefaultOptimWrapperConstructor
+
+from .optim_constructor import PlainGroupsOptimWrapperConstructor
 
 __all__ = ['LayerDecayOptimWrapperConstructor', 'layer_id']
 
@@ -45,12 +46,13 @@ def layer_id(name: str, num_layers: int, backbone_prefix: str = 'backbone.') -> 
     return num_layers + 1
 
 
-class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+class LayerDecayOptimWrapperConstructor(PlainGroupsOptimWrapperConstructor):
     """Optimizer-wrapper constructor with layer-wise lr decay for plain backbones.
 
     ``paramwise_cfg`` keys: ``num_layers`` (required: the backbone depth), ``layer_decay_rate``
     (required, in (0, 1]), ``backbone_prefix`` ('backbone.'), ``no_decay_names``
-    (('pos_embed', 'cls_token')). See the module docstring for the rules.
+    (('pos_embed', 'cls_token')). See the module docstring for the rules. The optimizer's
+    parameter groups are plain dicts (:class:`PlainGroupsOptimWrapperConstructor`).
     """
 
     _KEYS = {'num_layers', 'layer_decay_rate', 'backbone_prefix', 'no_decay_names'}
