@@ -543,6 +543,27 @@ def _bwd_step(t, h_prev, delta, e, da_acc, dd_acc, dbias_acc, dw_acc, lane, leng
 
 
 @triton.jit
+def _bwd_segment_start(len_ptr, k, seg, seg_len, es_ptr, bk, num_seg, st_off, num_ch, dmask,
+                       N: tl.constexpr, RP: tl.constexpr, CH: tl.constexpr, DL: tl.constexpr,
+                       T: tl.constexpr, LOAD_E: tl.constexpr):
+    """The start of a backward program: the direction's length, the segment's chunks
+    ``[c_lo, c_hi)`` of ``T`` steps, the adjoint entering it (``es`` with ``LOAD_E``, else 0)
+    and zero accumulators of dA, dD, d bias and the low-rank dW."""
+    length = tl.load(len_ptr + k)
+    c_lo = (seg * seg_len) // T
+    c_hi = tl.cdiv(tl.minimum(seg * seg_len + seg_len, length), T)
+    if LOAD_E:
+        e = tl.load(es_ptr + (bk * num_seg + seg) * N * num_ch + st_off, mask=dmask, other=0.0)
+    else:
+        e = tl.zeros([DL, N, CH], tl.float32)
+    da_acc = tl.zeros([DL, N, CH], tl.float32)
+    dd_acc = tl.zeros([DL, 1, CH], tl.float32)
+    dbias_acc = tl.zeros([DL, 1, CH], tl.float32)
+    dw_acc = tl.zeros([DL, RP, CH], tl.float32)
+    return length, c_lo, c_hi, e, da_acc, dd_acc, dbias_acc, dw_acc
+
+
+@triton.jit
 def _recompute_step(t, h, length, num_tokens, gidx_row, sidx_row, x_base, x_off, sx_l, dt_base,
                     dt_off, sdt_l, b_base, b_off, sb_l, w, bias, a2, dmask,
                     DELTA_FULL: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
@@ -620,17 +641,9 @@ def scan_bwd_kernel(
     ck_base = ck_ptr + bk * num_ck * N * num_ch
     st_off = n * num_ch + td
 
-    length = tl.load(len_ptr + k)
-    c_lo = (seg * seg_len) // T
-    c_hi = tl.cdiv(tl.minimum(seg * seg_len + seg_len, length), T)
-    if LOAD_E:
-        e = tl.load(es_ptr + (bk * num_seg + seg) * N * num_ch + st_off, mask=dmask, other=0.0)
-    else:
-        e = tl.zeros([DL, N, CH], tl.float32)
-    da_acc = tl.zeros([DL, N, CH], tl.float32)
-    dd_acc = tl.zeros([DL, 1, CH], tl.float32)
-    dbias_acc = tl.zeros([DL, 1, CH], tl.float32)
-    dw_acc = tl.zeros([DL, RP, CH], tl.float32)
+    length, c_lo, c_hi, e, da_acc, dd_acc, dbias_acc, dw_acc = _bwd_segment_start(
+        len_ptr, k, seg, seg_len, es_ptr, bk, num_seg, st_off, num_ch, dmask, N, RP, CH, DL, T,
+        LOAD_E)
     for ci in range(0, c_hi - c_lo):
         c = c_hi - 1 - ci
         t0 = c * T

@@ -30,8 +30,8 @@ path") for the design. Two families:
 import triton
 import triton.language as tl
 
-from .scan_kernels import (_add_step_grads, _adjoint_step, _advance_state, _delta, _fwd_step,
-                           _load_dskip, _load_in, _load_vec, _prologue, _tok)
+from .scan_kernels import (_add_step_grads, _adjoint_step, _advance_state, _bwd_segment_start,
+                           _delta, _fwd_step, _load_dskip, _load_in, _load_vec, _prologue, _tok)
 
 
 @triton.jit
@@ -396,17 +396,9 @@ def vim_scan_bwd_kernel(
     ck_base = ck_ptr + bk * num_ck * N * num_ch
     st_off = n * num_ch + td
 
-    length = tl.load(len_ptr + k)
-    c_lo = (seg * seg_len) // T
-    c_hi = tl.cdiv(tl.minimum(seg * seg_len + seg_len, length), T)
-    if LOAD_E:
-        e = tl.load(es_ptr + (bk * num_seg + seg) * N * num_ch + st_off, mask=dmask, other=0.0)
-    else:
-        e = tl.zeros([DL, N, CH], tl.float32)
-    da_acc = tl.zeros([DL, N, CH], tl.float32)
-    dd_acc = tl.zeros([DL, 1, CH], tl.float32)
-    dbias_acc = tl.zeros([DL, 1, CH], tl.float32)
-    dw_acc = tl.zeros([DL, RP, CH], tl.float32)
+    length, c_lo, c_hi, e, da_acc, dd_acc, dbias_acc, dw_acc = _bwd_segment_start(
+        len_ptr, k, seg, seg_len, es_ptr, bk, num_seg, st_off, num_ch, dmask, N, RP, CH, DL, T,
+        LOAD_E)
     for ci in range(0, c_hi - c_lo):
         c = c_hi - 1 - ci
         t0 = c * T
