@@ -1,7 +1,9 @@
 """tools/benchmark.py on the CPU: options, ratios, JSON / markdown, batch builders, the
 fresh-Triton-cache process and the profiler tables (the GPU numbers come from the GPU machine)."""
 import contextlib
+import io
 import json
+import logging
 import os
 import os.path as osp
 import subprocess
@@ -9,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from mmengine.logging import MMLogger
 
 from mmlocalmamba.apis.benchmark import (cli, compiling, measure, profiling, report, steps,
                                           workloads)
@@ -249,7 +252,7 @@ def test_merge_keeps_other_sections_and_budget_skips(tmp_path, monkeypatch):
     assert 'infer' in result['ratios_to_swin']['LocalVMamba-T']
 
 
-def test_combine_runs_of_separate_calls(tmp_path, capsys):
+def test_combine_runs_of_separate_calls(tmp_path):
     full = fake_result()
     first = {k: full[k] for k in ('environment', 'settings', 'models', 'det_step')}
     first.update(sections=dict(cls=dict(status='ok')), compile=dict(cls_train=full['compile'][
@@ -262,8 +265,15 @@ def test_combine_runs_of_separate_calls(tmp_path, capsys):
     for index, result in enumerate((first, second)):
         paths.append(str(tmp_path / f'run{index}.json'))
         json.dump(result, open(paths[-1], 'w'))
-    cli.main(['--combine', *paths, '--json', str(tmp_path / 'all.json'), '--md',
-              str(tmp_path / 'all.md')])
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        cli.main(['--combine', *paths, '--json', str(tmp_path / 'all.json'), '--md',
+                  str(tmp_path / 'all.md')])
+    finally:
+        logger.removeHandler(handler)
     combined = json.load(open(tmp_path / 'all.json'))
     assert set(combined['sections']) == {'cls', 'vim'}
     assert set(combined['compile']) == {'cls_train', 'triton_first_call'}
@@ -273,7 +283,7 @@ def test_combine_runs_of_separate_calls(tmp_path, capsys):
     assert 'det_step' not in combined['ratios_to_swin']['LocalVMamba-T']  # no Swin-T step
     assert 'infer' in combined['ratios_to_deit']['LocalVim-T']
     assert '| T: inference b128 224² (img/s) |' in open(tmp_path / 'all.md').read()
-    assert '| T: inference b128 224² (img/s) |' in capsys.readouterr().out
+    assert '| T: inference b128 224² (img/s) |' in logged.getvalue()  # and in the log
 
 
 def test_scan_section_is_skipped_on_the_cpu(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch.nn as nn
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
+from mmengine.logging import print_log
 
 from ..search.export import export_all
 from ..search.trainer import (ArchHistoryHook, ImageFolderSet, SearchClassifier, TopOneAccuracy,
@@ -272,7 +273,7 @@ def search_cls_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         log_interval=args.log_interval, topk=args.topk, model_kwargs=args.model_kwargs)
     if out['paths'] is not None:
         with open(out['paths']['snippet']) as f:
-            print(f.read())
+            print_log(f.read(), logger='current')
         for kind, path in out['paths'].items():
-            print(f'{kind:>8}: {path}')
+            print_log(f'{kind:>8}: {path}', logger='current')
     return out

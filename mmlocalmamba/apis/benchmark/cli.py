@@ -39,6 +39,7 @@ import traceback
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.logging import print_log
 
 from .report import STEP_KEYS, combine_results, compute_ratios, fmt, format_markdown, plot
 from .measure import copy_bandwidth, environment, peak_gib, time_calls, time_steps
@@ -522,7 +523,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 results.append(json.load(f))
         result = combine_results(results)
         write_result(result, args.json, args.md)
-        print(format_markdown(result))
+        print_log(format_markdown(result), logger='current')
         return result
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
@@ -530,9 +531,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                          'the code paths).')
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    run = Run(args, log=lambda msg: print(msg, flush=True))
+    run = Run(args, log=lambda msg: print_log(msg, logger='current'))
     run.log(f"{run.result['environment']}")
     run.save()
     run.run_sections()
-    print(format_markdown(run.result))
+    print_log(format_markdown(run.result), logger='current')
     return run.result

@@ -19,10 +19,13 @@ import traceback
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.logging import print_log
 
 from .measure import autocast, synchronize, time_calls, wall_s
 
-RESULT_TAG = 'BENCHMARK_RESULT '
+
+def _log(msg: str) -> None:
+    print_log(msg, logger='current')
 
 
 def dynamo_counters() -> Dict[str, int]:
@@ -83,7 +86,7 @@ def _time_ms(step, device, iters, warmup) -> float:
 # ----------------------------------------------------------------------------- fresh Triton cache
 def triton_first_call(shapes: Sequence[Tuple[int, int]], batch: int, device: str,
                       dtype: str = 'bf16', arch='tiny', timeout: float = 600,
-                      log: Callable[[str], None] = print) -> Dict[str, object]:
+                      log: Callable[[str], None] = _log) -> Dict[str, object]:
     """The first forward + backward at each shape, in order, in a fresh process whose
     ``TRITON_CACHE_DIR`` is a new empty directory (removed afterwards).
 
@@ -91,8 +94,10 @@ def triton_first_call(shapes: Sequence[Tuple[int, int]], batch: int, device: str
     child's whole wall time (interpreter start and imports included).
     """
     cache = tempfile.mkdtemp(prefix='mmlocalmamba-triton-cache-')
+    fd, result_path = tempfile.mkstemp(prefix='mmlocalmamba-first-call-', suffix='.json')
+    os.close(fd)
     spec = dict(shapes=[list(s) for s in shapes], batch=batch, device=device, dtype=dtype,
-                arch=arch)
+                arch=arch, result_path=result_path)
     env = dict(os.environ, TRITON_CACHE_DIR=cache)
     # the child imports the same mmlocalmamba as this process
     root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -103,14 +108,16 @@ def triton_first_call(shapes: Sequence[Tuple[int, int]], batch: int, device: str
     try:
         proc = subprocess.run([sys.executable, '-c', code, json.dumps(spec)], env=env,
                               capture_output=True, text=True, timeout=timeout)
+        process_s = time.perf_counter() - start
+        with open(result_path) as f:
+            text = f.read()
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    process_s = time.perf_counter() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
+        os.remove(result_path)
+    if proc.returncode != 0 or not text:
         raise RuntimeError(f'the fresh-cache process failed (exit {proc.returncode}):\n'
                            f'{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}')
-    result = json.loads(lines[-1][len(RESULT_TAG):])
+    result = json.loads(text)
     result.update(process_s=process_s, cache_was_fresh=result.pop('cache_entries_at_start') == 0)
     for row in result['shapes']:
         log(f"  fresh Triton cache {row['height']}x{row['width']}: first fwd+bwd "
@@ -124,7 +131,7 @@ def _cache_entries(path: Optional[str]) -> int:
 
 
 def triton_first_call_child(spec: Dict[str, object]) -> None:
-    """Body of the fresh-cache process: prints ``RESULT_TAG`` + JSON."""
+    """Body of the fresh-cache process: writes its record as JSON to ``spec['result_path']``."""
     start = time.perf_counter()
     from ...models import LocalVMamba
     from .workloads import features
@@ -148,6 +155,6 @@ def triton_first_call_child(spec: Dict[str, object]) -> None:
         rows.append(dict(height=height, width=width, first_s=first, warm_s=wall_s(fwd_bwd, device),
                          new_cache_entries=_cache_entries(cache) - before))
     synchronize(device)
-    print(RESULT_TAG + json.dumps(dict(cache_dir=cache, cache_entries_at_start=at_start,
-                                       setup_s=setup_s, batch=spec['batch'], shapes=rows)),
-          flush=True)
+    with open(spec['result_path'], 'w') as f:
+        json.dump(dict(cache_dir=cache, cache_entries_at_start=at_start, setup_s=setup_s,
+                       batch=spec['batch'], shapes=rows), f)
