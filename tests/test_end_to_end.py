@@ -359,6 +359,40 @@ def test_two_process_torchrun_gloo_training(det_config, tmp_path):
                if v.is_floating_point())
 
 
+_GROUP_THREADS_PROBE = r"""
+import glob, json, sys
+from mmlocalmamba.apis import test_main, train_main
+from mmengine.model import is_model_wrapper
+config, work_dir = sys.argv[1:3]
+opts = ['--launcher', 'pytorch', '--work-dir', work_dir]
+model = train_main([config, *opts, '--cfg-options', 'train_cfg.max_epochs=1', 'val_cfg=None',
+                    'val_dataloader=None', 'val_evaluator=None'])
+after_train = [open(p).read().strip() for p in glob.glob('/proc/self/task/*/comm')]
+test_main([config, work_dir + '/epoch_1.pth', *opts])
+after_test = [open(p).read().strip() for p in glob.glob('/proc/self/task/*/comm')]
+print(json.dumps(dict(wrapped=is_model_wrapper(model), after_train=after_train,
+                      after_test=after_test)))
+"""
+
+
+@pytest.mark.skipif(not osp.isdir('/proc/self/task'), reason='thread names from /proc (Linux)')
+def test_launcher_runs_end_with_the_gloo_group_and_its_threads_gone(det_config, tmp_path):
+    """A regression: destroy_process_group alone left the gloo group alive behind the runner's
+    DDP wrapper, and its threads, torn down at interpreter exit, aborted a finished torchrun job
+    now and then (``terminate called without an active exception``, SIGABRT)."""
+    import json
+    env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', _GROUP_THREADS_PROBE, det_config,
+                           str(tmp_path / 'work')], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not found['wrapped']  # train_main hands back the model, not its DDP wrapper
+    for when in ('after_train', 'after_test'):
+        assert not [n for n in found[when] if 'gloo' in n], (when, found[when])
+
+
 def test_prediction_images_and_learning_curve(det_run, det_config, seg_run, seg_config,
                                               demo_root, tmp_path):
     """tools/visualize.py's and tools/plot_curve.py's code on the trained tiny models."""

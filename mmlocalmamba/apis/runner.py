@@ -385,7 +385,7 @@ def _apply_local_rank(args: argparse.Namespace) -> None:
 
 
 def train_main(argv: Optional[Sequence[str]] = None):
-    """Entry point of ``tools/train.py``; returns the trained model."""
+    """Entry point of ``tools/train.py``; returns the trained model (unwrapped from DDP)."""
     args = train_parser().parse_args(argv)
     _apply_local_rank(args)
     cfg = load_config(args.config, args.cfg_options)
@@ -393,9 +393,19 @@ def train_main(argv: Optional[Sequence[str]] = None):
                          launcher=args.launcher)
     runner = build_runner(cfg)
     try:
-        return runner.train()
+        model = _unwrap(runner.train())
     finally:
+        # the runner and its DDP wrapper hold the process group: let go of them first
+        del runner
         _close_process_group()
+    return model
+
+
+def _unwrap(model):
+    from mmengine.model import is_model_wrapper
+    while is_model_wrapper(model):
+        model = model.module
+    return model
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
@@ -413,9 +423,10 @@ def test_main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         metrics = runner.test()
         if args.metrics_out:
             _write_metrics(metrics, args.metrics_out)
-        return metrics
     finally:
+        del runner
         _close_process_group()
+    return metrics
 
 
 def check_checkpoint_covers_model(model, checkpoint: Any, name: str) -> None:
@@ -458,14 +469,21 @@ def check_checkpoint_covers_model(model, checkpoint: Any, name: str) -> None:
 
 
 def _close_process_group() -> None:
-    """Shut the process group down before the interpreter exits.
+    """Shut the process group down, and its threads with it, before the interpreter exits.
 
-    mmengine leaves it open; a gloo group torn down at interpreter exit can abort the process
-    (``terminate called without an active exception``) after a successful run.
+    mmengine leaves the group open. ``destroy_process_group`` only unregisters it: a gloo group
+    lives on (with its worker threads) while anything still refers to it, such as a DDP wrapper,
+    and one destroyed later, during interpreter finalisation, can abort a successful run
+    (``terminate called without an active exception``). So the callers drop their runner first,
+    and the group is collected here, while the interpreter is whole.
     """
+    import gc
+
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # the runner's reference cycles (hooks <-> runner) hold the DDP wrapper
         dist.destroy_process_group()
+        gc.collect()
 
 
 def _write_metrics(metrics: Dict[str, Any], path: str) -> None:
