@@ -485,6 +485,42 @@ def test_classification_search_two_processes(tmp_path):
     assert json.load(open(work / 'directions.json'))['topk'] == 4
 
 
+_SEARCH_THREADS_PROBE = r"""
+import glob, json, sys
+from mmengine.model import is_model_wrapper
+from mmlocalmamba.apis.search_cls import search_classification
+data, work, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = search_classification(data, launcher="pytorch", work_dir=work, epochs=1, batch_size=2,
+                            img_size=28, num_workers=0, model_kwargs=kwargs)
+names = [open(p).read().strip() for p in glob.glob('/proc/self/task/*/comm')]
+print(json.dumps(dict(wrapped=is_model_wrapper(out['runner'].model), threads=names)))
+"""
+
+
+@pytest.mark.skipif(not osp.isdir('/proc/self/task'), reason='thread names from /proc (Linux)')
+def test_classification_search_under_a_launcher_ends_with_the_gloo_group_gone(tmp_path):
+    """The runner search_cls returns must not keep the DDP wrapper, and with it the gloo group
+    and its threads, alive until interpreter exit (whose teardown can abort the process)."""
+    pytest.importorskip('torchvision')
+    import socket
+    import subprocess
+    import sys
+    data = _tiny_imagefolder(tmp_path / 'data')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(port), OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-c', _SEARCH_THREADS_PROBE, data,
+                          str(tmp_path / 'work'), json.dumps(dict(arch=dict(TINY,
+                                                                           directions=None)))],
+                         capture_output=True, text=True, cwd=str(tmp_path), timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not found['wrapped']
+    assert not [n for n in found['threads'] if 'gloo' in n], found['threads']
+
+
 def test_coco_objects_to_imagefolder(tmp_path):
     from PIL import Image
 

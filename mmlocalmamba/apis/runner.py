@@ -468,18 +468,21 @@ def check_checkpoint_covers_model(model, checkpoint: Any, name: str) -> None:
         f'tools/train.py writes), or pass --allow-partial-checkpoint to evaluate anyway.')
 
 
-def _close_process_group() -> None:
+def _close_process_group(runner=None) -> None:
     """Shut the process group down, and its threads with it, before the interpreter exits.
 
     mmengine leaves the group open. ``destroy_process_group`` only unregisters it: a gloo group
     lives on (with its worker threads) while anything still refers to it, such as a DDP wrapper,
     and one destroyed later, during interpreter finalisation, can abort a successful run
     (``terminate called without an active exception``). So the callers drop their runner first,
-    and the group is collected here, while the interpreter is whole.
+    or pass the one they keep (its model is unwrapped here), and the group is collected here,
+    while the interpreter is whole.
     """
     import gc
 
     import torch.distributed as dist
+    if runner is not None:
+        runner.model = _unwrap(runner.model)
     if dist.is_available() and dist.is_initialized():
         gc.collect()  # the runner's reference cycles (hooks <-> runner) hold the DDP wrapper
         dist.destroy_process_group()

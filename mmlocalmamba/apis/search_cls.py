@@ -191,7 +191,7 @@ def search_classification(train_root: str,
         ``paths`` (json/snippet/png; checkpoint, result and paths are None in the processes
         other than the main one of a distributed run), ``history`` (entries of this run, see
         :class:`~mmlocalmamba.search.trainer.ArchHistoryHook`), ``val_acc`` (last, or None) and
-        ``runner``.
+        ``runner`` (its ``model`` unwrapped from DDP: the process group is closed).
 
     Raises:
         ValueError: the model has no direction-search layers, ``model_kwargs`` with a module, or
@@ -210,7 +210,7 @@ def search_classification(train_root: str,
         runner.train()
         main = is_main_process()
     finally:
-        _close_process_group()
+        _close_process_group(runner)  # the returned runner keeps its model, not the DDP wrapper
     checkpoint = result = paths = None
     if main:  # one process writes the export
         with open(osp.join(runner.work_dir, 'last_checkpoint')) as f:
