@@ -484,9 +484,8 @@ def _close_process_group(runner=None) -> None:
     if runner is not None:
         runner.model = _unwrap(runner.model)
     if dist.is_available() and dist.is_initialized():
-        gc.collect()  # the runner's reference cycles (hooks <-> runner) hold the DDP wrapper
         dist.destroy_process_group()
-        gc.collect()
+        gc.collect()  # the runner's reference cycles (hooks <-> runner) hold the DDP wrapper
 
 
 def _write_metrics(metrics: Dict[str, Any], path: str) -> None:

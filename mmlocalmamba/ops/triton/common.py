@@ -4,12 +4,12 @@ Nothing here imports triton at module import time, so the package imports everyw
 """
 import os
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = ['MIN_TRITON_VERSION', 'triton_version', 'unavailable_reason', 'is_available',
-           'interpreting', 'cdiv']
+           'interpreting', 'cdiv', 'batch_ranges', 'sum_group_partials']
 
 #: The oldest Triton the kernels compile with: the backward's lane reduce-scatter uses
 #: ``tl.gather``, first released in Triton 3.3 (the version torch 2.7 pins). Tested: Triton 3.6
@@ -69,3 +69,15 @@ def interpreting() -> bool:
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` of positive integers."""
     return -(-a // b)
+
+
+def batch_ranges(batch: int, per: int) -> List[Tuple[int, int]]:
+    """``[(b0, b1), ...]``: ``range(batch)`` cut into consecutive slices of ``per`` (the last
+    one shorter)."""
+    return [(b0, min(b0 + per, batch)) for b0 in range(0, batch, per)]
+
+
+def sum_group_partials(parts: Sequence[Tuple[Optional[torch.Tensor], ...]]) -> tuple:
+    """Element-wise sums of the backward's partial-sum tuples of several batch groups (an
+    entry that is None in the first group stays None)."""
+    return tuple(None if p[0] is None else sum(p) for p in zip(*parts))

@@ -37,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from .common import cdiv, interpreting
+from .common import batch_ranges, cdiv, interpreting, sum_group_partials
 from .config import DEFAULT_SCAN_CONFIG, ScanConfig
 
 __all__ = ['local_selective_scan_triton', 'selective_scan_triton', 'projection_weight',
@@ -236,8 +236,7 @@ class _Problem:
         dev = self.u.device
         fwd = self.config.fwd
         nblk = cdiv(self.num_ch, fwd.CH * fwd.DL)
-        hs = torch.empty((self.batch, self.num_dirs, segs, self.nstate, self.num_ch),
-                         dtype=torch.float32, device=dev)
+        hs = self.segment_states(segs)
         ds = torch.empty((self.batch, self.num_dirs, segs, self.num_ch), dtype=torch.float32,
                          device=dev)
         self._fwd_launch(nblk, segs, seg_len, chunk, hs=hs, ds=ds, summary=True)
@@ -254,27 +253,80 @@ class _Problem:
     def backward(self, dy, dy_strides, du, du_strides, du_atomic, ddt, ddt_strides, db,
                  db_strides, dc, dc_strides):
         """Checkpoint pass(es) + backward kernel. Returns the partials (da, dd, dbias, dw)."""
-        # The checkpoints (state every ck_spacing steps) are the backward's transient memory;
-        # past ck_max_bytes the batch is processed in groups (same kernels, fewer programs each).
-        lmax = self.table_args()[1]
-        ck_bytes = 4 * self.batch * self.num_dirs * self.nstate * self.num_ch * cdiv(
-            lmax, self.config.ck_spacing)
-        groups = min(self.batch, max(1, math.ceil(ck_bytes / self.config.ck_max_bytes)))
+        groups = self.backward_groups()
         if groups == 1:
             return self._backward_group(dy, dy_strides, du, du_strides, du_atomic, ddt,
                                         ddt_strides, db, db_strides, dc, dc_strides)
-        per = cdiv(self.batch, groups)
         parts = []
-        for b0 in range(0, self.batch, per):
+        for b0, b1 in batch_ranges(self.batch, cdiv(self.batch, groups)):
             sub = copy.copy(self)
-            b1 = min(b0 + per, self.batch)
             sub.batch = b1 - b0
             for name in ('u', 'dt', 'bmat', 'cmat'):
                 setattr(sub, name, getattr(self, name)[b0:b1])
             parts.append(sub._backward_group(dy[b0:b1], dy_strides, du[b0:b1], du_strides,
                                              du_atomic, ddt[b0:b1], ddt_strides, db[b0:b1],
                                              db_strides, dc[b0:b1], dc_strides))
-        return tuple(None if p[0] is None else sum(p) for p in zip(*parts))
+        return sum_group_partials(parts)
+
+    def backward_groups(self) -> int:
+        """Batch groups of the backward. The checkpoints (an fp32 state every ``ck_spacing``
+        steps) are its transient memory; past ``ck_max_bytes`` the batch is processed in
+        groups (same kernels, fewer programs each)."""
+        lmax = self.table_args()[1]
+        ck_bytes = 4 * self.batch * self.num_dirs * self.nstate * self.num_ch * cdiv(
+            lmax, self.config.ck_spacing)
+        return min(self.batch, max(1, math.ceil(ck_bytes / self.config.ck_max_bytes)))
+
+    def segment_states(self, segs: int) -> torch.Tensor:
+        """An empty (B, K, S, N, D) fp32 buffer of per-segment states."""
+        return torch.empty((self.batch, self.num_dirs, segs, self.nstate, self.num_ch),
+                           dtype=torch.float32, device=self.u.device)
+
+    def checkpoints(self, fblk, segs, seg_len, chunk):
+        """The backward's checkpoint pass: (B, K, C, N, D) fp32 states every ``chunk`` steps.
+        With sequence segments it starts from the segment start states, those of the forward
+        where the segmentation matches (else recomputed: a batch group of the backward, or
+        another segmentation). Returns (checkpoints, the segment delta sums or None)."""
+        num_ck = cdiv(self.table_args()[1], chunk)
+        ck = torch.empty((self.batch, self.num_dirs, num_ck, self.nstate, self.num_ch),
+                         dtype=torch.float32, device=self.u.device)
+        if segs == 1:
+            self._fwd_launch(fblk, 1, seg_len, chunk, ck=ck)
+            return ck, None
+        saved = self.summaries
+        if saved is not None and saved[:2] == (segs, seg_len) and saved[2].shape[0] == self.batch:
+            hs, ds = saved[2:]  # from the forward (same segments, same inputs)
+        else:
+            hs, ds = self._summaries(segs, seg_len, chunk)
+        self._fwd_launch(fblk, segs, seg_len, chunk, ck=ck, hs=hs, ds=ds, load_h0=True)
+        return ck, ds
+
+    def bwd_partials(self, segs):
+        """Empty per-(batch, segment) partial sums of the backward kernels: da (P, N), dd (P),
+        dbias (P), ``P = B * S * K * D``, and the low-rank dW (B * S, K, RP, D) (``da`` as a
+        placeholder for the full delta)."""
+        dev = self.u.device
+        parts = self.batch * segs * self.num_dirs * self.num_ch
+        da = torch.empty((parts, self.nstate), dtype=torch.float32, device=dev)
+        dd = torch.empty((parts, ), dtype=torch.float32, device=dev)
+        dbias = torch.empty((parts, ), dtype=torch.float32, device=dev)
+        dw = (torch.empty((self.batch * segs, self.num_dirs, self.rp, self.num_ch),
+                          dtype=torch.float32, device=dev) if not self.delta_full else da)
+        return da, dd, dbias, dw
+
+    def reduce_partials(self, da, dd, dbias, dw, segs):
+        """Sums of :meth:`bwd_partials` over batch and segments: da (K*D, N), dd, dbias
+        (K*D), dW (K, RP, D) or None."""
+        shape = (self.batch * segs, self.num_dirs * self.num_ch)
+        return (da.view(*shape, self.nstate).sum(0), dd.view(shape).sum(0),
+                dbias.view(shape).sum(0), None if self.delta_full else dw.sum(0))
+
+    def bwd_reduce_scatter(self) -> bool:
+        """Whether the backward kernels sum over channels with the lane reduce-scatter
+        (``USE_RS``): one warp of 32 lanes along the channels, rank and state at most 64 / 32."""
+        bwd = self.config.bwd
+        return (bwd.DL == 32 and bwd.launch_options()['num_warps'] == 1 and self.rp <= 64
+                and self.nstate <= 32)
 
     def _backward_group(self, dy, dy_strides, du, du_strides, du_atomic, ddt, ddt_strides, db,
                         db_strides, dc, dc_strides):
@@ -282,24 +334,12 @@ class _Problem:
         fwd, bwd = self.config.fwd, self.config.bwd
         chunk = self.config.ck_spacing
         tables, lmax, num_tokens, separate = self.table_args()
-        dev = self.u.device
         nblk = cdiv(self.num_ch, bwd.CH * bwd.DL)
         fblk = cdiv(self.num_ch, fwd.CH * fwd.DL)
         segs, seg_len = self.segments(nblk, lmax, chunk)
-        num_ck = cdiv(lmax, chunk)
-        ck = torch.empty((self.batch, self.num_dirs, num_ck, self.nstate, self.num_ch),
-                         dtype=torch.float32, device=dev)
+        ck, ds = self.checkpoints(fblk, segs, seg_len, chunk)
         if segs > 1:
-            saved = self.summaries
-            if (saved is not None and saved[:2] == (segs, seg_len)
-                    and saved[2].shape[0] == self.batch):
-                hs, ds = saved[2:]  # from the forward (same segments, same inputs)
-            else:  # a batch group of the backward, or another segmentation
-                hs, ds = self._summaries(segs, seg_len, chunk)
-            self._fwd_launch(fblk, segs, seg_len, chunk, ck=ck, hs=hs, ds=ds, load_h0=True)
-            del hs
-            es = torch.empty((self.batch, self.num_dirs, segs, self.nstate, self.num_ch),
-                             dtype=torch.float32, device=dev)
+            es = self.segment_states(segs)
             sargs = [self.u, *self.u_strides, self.dt, *self.dt_strides,
                      self.a2 if self.w is None else self.w, self.cmat, *self.c_strides, self.a2,
                      self.a2 if self.bias is None else self.bias, 1, dy, *dy_strides, es, segs,
@@ -312,27 +352,17 @@ class _Problem:
             self._combine(es, ds, segs, reverse=True)
         else:
             es = self.a2
-            self._fwd_launch(fblk, 1, seg_len, chunk, ck=ck)
-        parts = self.batch * segs * self.num_dirs * self.num_ch
-        da = torch.empty((parts, self.nstate), dtype=torch.float32, device=dev)
-        dd = torch.empty((parts, ), dtype=torch.float32, device=dev)
-        dbias = torch.empty((parts, ), dtype=torch.float32, device=dev)
-        dw = (torch.empty((self.batch * segs, self.num_dirs, self.rp, self.num_ch),
-                          dtype=torch.float32, device=dev) if not self.delta_full else da)
+        da, dd, dbias, dw = partials = self.bwd_partials(segs)
         grid = (self.batch * self.num_dirs, nblk, segs)
-        opts = bwd.launch_options()
         kern.scan_bwd_kernel[grid](
             *self.common(), dy, *dy_strides, du, *du_strides, ddt, *ddt_strides, db,
-            *db_strides, dc, *dc_strides, da, dd, dbias, dw, ck, num_ck, es, segs, seg_len,
+            *db_strides, dc, *dc_strides, da, dd, dbias, dw, ck, ck.shape[2], es, segs, seg_len,
             *tables, self.num_dirs, self.num_ch, self.rank, num_tokens, **self.flags(),
             SEPARATE_SCATTER=separate, DU_ATOMIC=du_atomic, LOAD_E=segs > 1,
-            USE_RS=(bwd.DL == 32 and opts['num_warps'] == 1 and self.rp <= 64
-                    and self.nstate <= 32),
+            USE_RS=self.bwd_reduce_scatter(),
             ASM_DECAY=self.config.inline_asm and not interpreting(),
-            CKM=self.config.ck_every, T=bwd.T, **bwd.constexprs(), **opts)
-        shape = (self.batch * segs, self.num_dirs * self.num_ch)
-        return (da.view(*shape, self.nstate).sum(0), dd.view(shape).sum(0),
-                dbias.view(shape).sum(0), None if self.delta_full else dw.sum(0))
+            CKM=self.config.ck_every, T=bwd.T, **bwd.constexprs(), **bwd.launch_options())
+        return self.reduce_partials(*partials, segs)
 
 
 def _param_tables(A_logs, Ds, bias, num_dirs, num_ch, nstate, w=None, rank=0, rp=16,

@@ -45,7 +45,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .common import cdiv, interpreting
+from .common import batch_ranges, cdiv, interpreting, sum_group_partials
 from .config import DEFAULT_VIM_CONFIG, VimConfig
 from .scan import _Problem, _param_tables, _rank_pad
 
@@ -289,45 +289,30 @@ class _VimProblem:
         ``ScanConfig.ck_max_bytes``, as ``_Problem.backward``); fills ``du`` (K, B, L, Di),
         ``dxdbl`` (K, B, L, CT, zeroed by the caller), ``gz`` (K, B, T, Di) and, for the full
         delta, ``ddt`` (K, B, L, Di). Returns the partials' sums (da, dd, dbias, dw)."""
-        scan, core = self.config.scan, self.core
-        ck_bytes = 4 * core.batch * core.num_dirs * core.nstate * core.num_ch * cdiv(
-            core.length, scan.ck_spacing)
-        groups = min(core.batch, max(1, -(-int(ck_bytes) // int(scan.ck_max_bytes))))
+        core = self.core
+        groups = core.backward_groups()
         if groups == 1:
             return self._backward_group(dout, du, dxdbl, gz, ddt)
-        per = cdiv(core.batch, groups)
         parts = []
-        for b0 in range(0, core.batch, per):
-            b1 = min(b0 + per, core.batch)
+        for b0, b1 in batch_ranges(core.batch, cdiv(core.batch, groups)):
             parts.append(self.group(b0, b1)._backward_group(
                 dout[b0:b1], du[:, b0:b1], dxdbl[:, b0:b1], gz[:, b0:b1],
                 None if ddt is None else ddt[:, b0:b1]))
-        return tuple(None if p[0] is None else sum(p) for p in zip(*parts))
+        return sum_group_partials(parts)
 
     def _backward_group(self, dout, du, dxdbl, gz, ddt):
         kern = _kernels()
         core, scan = self.core, self.config.scan
         fwd, bwd = scan.fwd, scan.bwd
         chunk = scan.ck_spacing
-        dev = self.xs.device
         nstate, num_ch, num_dirs, batch = core.nstate, core.num_ch, core.num_dirs, core.batch
         nblk = cdiv(num_ch, bwd.CH * bwd.DL)
         fblk = cdiv(num_ch, fwd.CH * fwd.DL)
         segs, seg_len = core.segments(nblk, core.length, chunk)
-        num_ck = cdiv(core.length, chunk)
-        ck = torch.empty((batch, num_dirs, num_ck, nstate, num_ch), dtype=torch.float32,
-                         device=dev)
+        ck, ds = core.checkpoints(fblk, segs, seg_len, chunk)
         dout_strides = _bkl(dout)
         if segs > 1:
-            saved = core.summaries
-            if saved is not None and saved[:2] == (segs, seg_len) and saved[2].shape[0] == batch:
-                hs, ds = saved[2:]  # from the forward (same segments, same inputs)
-            else:
-                hs, ds = core._summaries(segs, seg_len, chunk)
-            core._fwd_launch(fblk, segs, seg_len, chunk, ck=ck, hs=hs, ds=ds, load_h0=True)
-            del hs
-            es = torch.empty((batch, num_dirs, segs, nstate, num_ch), dtype=torch.float32,
-                             device=dev)
+            es = core.segment_states(segs)
             sargs = [core.u, *core.u_strides, core.dt, *core.dt_strides,
                      core.a2 if core.w is None else core.w, core.cmat, *core.c_strides, core.a2,
                      core.a2 if core.bias is None else core.bias, 1]
@@ -341,13 +326,7 @@ class _VimProblem:
             core._combine(es, ds, segs, reverse=True)
         else:
             es = core.a2
-            core._fwd_launch(fblk, 1, seg_len, chunk, ck=ck)
-        parts = batch * segs * num_dirs * num_ch
-        da = torch.empty((parts, nstate), dtype=torch.float32, device=dev)
-        dd = torch.empty((parts, ), dtype=torch.float32, device=dev)
-        dbias = torch.empty((parts, ), dtype=torch.float32, device=dev)
-        dw = (torch.empty((batch * segs, num_dirs, core.rp, num_ch), dtype=torch.float32,
-                          device=dev) if not core.delta_full else da)
+        da, dd, dbias, dw = partials = core.bwd_partials(segs)
         dbv = dxdbl
         dcv = dxdbl[..., nstate:]
         if core.delta_full:
@@ -355,19 +334,15 @@ class _VimProblem:
         else:
             ddt_t = _dt_view(dxdbl, self.dims)
             ddt_strides = _kbl(ddt_t)
-        opts = bwd.launch_options()
         kern.vim_scan_bwd_kernel[(batch * num_dirs, nblk, segs)](
             *core.common(), *self._gate_args(), dout, *dout_strides, gz, *_kbl(gz), du,
             *_kbl(du), ddt_t, *ddt_strides, dbv, *_kbl(dbv), dcv, *_kbl(dcv), da, dd, dbias, dw,
-            ck, num_ck, es, segs, seg_len, *self._table_args(), num_dirs, num_ch, core.rank,
-            self.dims.num_tokens, **self._flags(), LOAD_E=segs > 1,
-            USE_RS=(bwd.DL == 32 and opts['num_warps'] == 1 and core.rp <= 64
-                    and nstate <= 32),
+            ck, ck.shape[2], es, segs, seg_len, *self._table_args(), num_dirs, num_ch,
+            core.rank, self.dims.num_tokens, **self._flags(), LOAD_E=segs > 1,
+            USE_RS=core.bwd_reduce_scatter(),
             RECOMPUTE_DECAY=scan.inline_asm and not interpreting(), CKM=scan.ck_every, T=bwd.T,
-            **bwd.constexprs(), **opts)
-        shape = (batch * segs, num_dirs * num_ch)
-        return (da.view(*shape, nstate).sum(0), dd.view(shape).sum(0), dbias.view(shape).sum(0),
-                None if core.delta_full else dw.sum(0))
+            **bwd.constexprs(), **bwd.launch_options())
+        return core.reduce_partials(*partials, segs)
 
 
 def _prepare(dims, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
@@ -386,8 +361,7 @@ def _prepare(dims, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt
 
 
 def _batch_slices(batch: int, dims: _Dims):
-    per = _max_batch(dims)
-    return [(b0, min(b0 + per, batch)) for b0 in range(0, batch, per)]
+    return batch_ranges(batch, _max_batch(dims))
 
 
 def vim_scan_forward(xz: torch.Tensor,
