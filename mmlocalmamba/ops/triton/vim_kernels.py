@@ -30,8 +30,17 @@ path") for the design. Two families:
 import triton
 import triton.language as tl
 
-from .scan_kernels import (_add_step_grads, _adjoint_step, _advance_state, _bwd_segment_start,
-                           _delta, _fwd_step, _load_dskip, _load_in, _load_vec, _prologue, _tok)
+from .scan_kernels import (_SIZE_ARGS, _add_step_grads, _adjoint_step, _advance_state,
+                           _bwd_segment_start, _delta, _fwd_step, _load_dskip, _load_in,
+                           _load_vec, _prologue, _tok)
+
+# As in .scan_kernels: the size integers that change with the image size (token and step
+# counts, segments, checkpoint counts) and the batch are not specialised, so a new image size
+# compiles no new variant (strides stay specialised; they are multiples of the channel counts).
+_SIZE_ARGS_CONV = ['table_len', 'num_tokens']
+_SIZE_ARGS_CONV_BWD = _SIZE_ARGS_CONV + ['batch']
+_SIZE_ARGS_CONV_DX = ['num_tokens']
+_SIZE_ARGS_SCAN = [a for a in _SIZE_ARGS if a != 'num_ck']  # the forward passes take no ck
 
 
 @triton.jit
@@ -74,7 +83,7 @@ def _conv_pre(xz_base, sxz_t, w_row, cb_row, gidx_row, t, c, cmask, live, num_to
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZE_ARGS_CONV)
 def vim_conv_fwd_kernel(xz_ptr, sxz_b, sxz_t, w_ptr, cb_ptr, xs_ptr, sxs_k, sxs_b, sxs_t,
                         gidx_ptr, len_ptr, table_len, num_tokens, num_dirs, num_ch,
                         DC: tl.constexpr, HAS_CB: tl.constexpr, BT: tl.constexpr,
@@ -103,7 +112,7 @@ def vim_conv_fwd_kernel(xz_ptr, sxz_b, sxz_t, w_ptr, cb_ptr, xs_ptr, sxs_k, sxs_
              mask=(t < table_len)[:, None] & cmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZE_ARGS_CONV_BWD)
 def vim_conv_bwd_kernel(xz_ptr, sxz_b, sxz_t, w_ptr, cb_ptr, du_ptr, sdu_k, sdu_b, sdu_t,
                         dg_ptr, sdg_k, sdg_b, sdg_t, part_ptr, gidx_ptr, len_ptr, table_len,
                         num_tokens, num_dirs, num_ch, batch, DC: tl.constexpr,
@@ -145,7 +154,7 @@ def vim_conv_bwd_kernel(xz_ptr, sxz_b, sxz_t, w_ptr, cb_ptr, du_ptr, sdu_k, sdu_
     tl.store(part + DC * num_ch, tl.sum(dpre, axis=0), mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZE_ARGS_CONV_DX)
 def vim_conv_dx_kernel(dpre_ptr, sdp_k, sdp_b, sdp_t, w_ptr, gz_ptr, sgz_k, sgz_b, sgz_t,
                        xz_ptr, sxz_b, sxz_t, dxz_ptr, sdx_b, sdx_t, steps_ptr, len_ptr,
                        num_tokens, num_dirs, num_ch, DC: tl.constexpr, BT: tl.constexpr,
@@ -205,7 +214,7 @@ def _load_at(base, off, s_l, p, num_tokens, dmask):
     return v.to(tl.float32)
 
 
-@triton.jit(do_not_specialize=['tab_sd'])
+@triton.jit(do_not_specialize=_SIZE_ARGS_SCAN)
 def vim_scan_fwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
@@ -288,7 +297,7 @@ def vim_scan_fwd_kernel(
         pb, qb = _tok(gidx_row, sidx_row, t + 3, length, num_tokens, False, SEPARATE_SCATTER)
 
 
-@triton.jit(do_not_specialize=['tab_sd'])
+@triton.jit(do_not_specialize=_SIZE_ARGS_SCAN)
 def vim_scan_rev_summary_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
@@ -335,7 +344,7 @@ def vim_scan_rev_summary_kernel(
     tl.store(es_ptr + (bk * num_seg + seg) * N * num_ch + n * num_ch + td, e, mask=dmask)
 
 
-@triton.jit(do_not_specialize=['tab_sd'])
+@triton.jit(do_not_specialize=_SIZE_ARGS)
 def vim_scan_bwd_kernel(
         x_ptr, sx_b, sx_k, sx_d, sx_l,
         dt_ptr, sdt_b, sdt_k, sdt_r, sdt_l,
