@@ -196,7 +196,7 @@ def test_markdown_has_the_issue_rows():
             '0.500 | — | — |',
             '| LocalVMamba-T classification training fwd+bwd b128 (ms) | 256×256 | 240.0 ms | '
             '200.0 ms | 1.20× | 30.0 | 2 / 0 / 2 |',
-            '| 800×1216 | 2.0 | 110 | 0 |',
+            '| 800×1216 | in the launch, one after another | 2.0 | 110 | 0 |',
             '| scan | 10.00 | 12.5 |',
             '| ConvNeXt-T | error: OutOfMemoryError: boom | | | | |',
             '| LocalVim-T | det_vim | `c.py` | 2 | 1024×1024 | 0.500 | 7.00 | 12000 | fp16 |'):
@@ -426,10 +426,11 @@ def test_compile_section_plumbing_on_the_cpu(tmp_path, monkeypatch):
         fake['step'] = _FakeStep(self.sizes.det_size, self.sizes.det_batch)
         return fake['step']
 
-    def first_call(shapes, batch, device, dtype, arch, log):
-        fake['first_call'] = (shapes, batch, device, arch)
-        return dict(batch=batch, shapes=[dict(height=h, width=w, first_s=1.0, warm_s=0.1,
-                                              new_cache_entries=0) for h, w in shapes])
+    def first_call(shapes, batch, device, dtype, arch, log, precompile):
+        fake.setdefault('first_call', []).append((shapes, batch, device, arch, precompile))
+        return dict(batch=batch, precompile=precompile,
+                    shapes=[dict(height=h, width=w, first_s=1.0, warm_s=0.1,
+                                 new_cache_entries=0) for h, w in shapes])
 
     monkeypatch.setattr(cli, 'build_classifier', lambda name, size=224: _TinyClassifier())
     monkeypatch.setattr(cli.Run, 'train_step', train_step)
@@ -439,7 +440,10 @@ def test_compile_section_plumbing_on_the_cpu(tmp_path, monkeypatch):
     run.run_sections()
     comp = json.load(open(args.json))['compile']
     assert set(comp) == {'cls_infer', 'cls_train', 'det', 'triton_first_call'}
-    assert fake['first_call'] == (cli.TINY.triton_shapes, 1, 'cpu', workloads.TINY_ARCH)
+    assert fake['first_call'] == [(cli.TINY.triton_shapes, 1, 'cpu', workloads.TINY_ARCH, flag)
+                                  for flag in (False, True)]
+    assert comp['triton_first_call']['precompile'] is True
+    assert comp['triton_first_call']['without_precompile']['precompile'] is False
     for key in ('cls_infer', 'cls_train', 'det'):
         part = comp[key]
         assert 'error' not in part, part.get('error')
@@ -451,7 +455,8 @@ def test_compile_section_plumbing_on_the_cpu(tmp_path, monkeypatch):
     assert set(step.sizes) == {(64, 96), (64, 80)}  # eager and compiled at both sizes
     text = open(args.md).read()
     assert '| LocalVMamba-T classification inference b2 (ms) | 96×96 |' in text
-    assert '| 48×96 | 1.0 | 100 | 0 |' in text
+    assert '| 48×96 | precompiled in parallel | 1.0 | 100 | 0 |' in text
+    assert '| 48×96 | in the launch, one after another | 1.0 | 100 | 0 |' in text
 
 
 def test_profiles_of_a_run_go_to_the_json(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from mmengine.model import BaseModule
 
 from ..ops.scan_orders import direction_lists, parse_direction
 from ..ops.selective_scan import BACKENDS
+from .precompile import precompile_pre_hook
 
 __all__ = ['LocalMambaBackbone', 'ScanLayer', 'pretrained_to_init_cfg', 'resolve_arch',
            'check_out_indices', 'check_backend', 'check_int', 'check_number', 'check_bool',
@@ -293,10 +294,14 @@ class LocalMambaBackbone(BaseModule):
         pretrained (str, optional): deprecated, becomes ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads
             through :func:`mmlocalmamba.utils.checkpoint.load_pretrained`.
+        triton_precompile (bool): on the first call of each kind (CUDA device, dtypes, with or
+            without backward, train/eval), compile the Triton kernel variants the call needs in
+            parallel processes first (:mod:`mmlocalmamba.models.precompile`).
     """
 
     def __init__(self, frozen_stages: int, num_stages: int, norm_eval: bool, with_cp: bool,
-                 pretrained: Optional[str] = None, init_cfg: Optional[dict] = None):
+                 pretrained: Optional[str] = None, init_cfg: Optional[dict] = None,
+                 triton_precompile: bool = True):
         owner = type(self).__name__
         if pretrained is not None and not isinstance(pretrained, str):
             raise ValueError(f'{owner}: pretrained must be a checkpoint path or URL (str) or '
@@ -312,6 +317,8 @@ class LocalMambaBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = check_bool(norm_eval, 'norm_eval', owner)
         self.with_cp = check_bool(with_cp, 'with_cp', owner)
+        self.triton_precompile = check_bool(triton_precompile, 'triton_precompile', owner)
+        self.register_forward_pre_hook(precompile_pre_hook)
 
     # ------------------------------------------------------------------ scan backend
     @property

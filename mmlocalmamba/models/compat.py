@@ -80,14 +80,15 @@ class MM_LocalVSSM(LocalVMamba):
     ``in_chans``, ``out_indices``, ``pretrained`` (deprecated: becomes ``init_cfg``),
     ``downsample_version``/``patchembed_version`` (only 'v1' exists in LocalMamba),
     ``use_checkpoint``. Also accepted: ``with_cp``, ``frozen_stages``, ``norm_eval``,
-    ``official_v_reverse`` (default True here), ``scan_backend``, ``init_cfg``.
+    ``official_v_reverse`` (default True here), ``scan_backend``, ``init_cfg``,
+    ``triton_precompile``.
     """
 
     _OFFICIAL_KEYS = ('dims', 'depths', 'ssm_d_state', 'ssm_ratio', 'ssm_dt_rank', 'directions',
                       'drop_path_rate', 'patch_size', 'patch_norm', 'in_chans', 'out_indices',
                       'pretrained', 'downsample_version', 'patchembed_version', 'use_checkpoint',
                       'with_cp', 'frozen_stages', 'norm_eval', 'official_v_reverse',
-                      'scan_backend', 'init_cfg')
+                      'scan_backend', 'init_cfg', 'triton_precompile')
     #: official VSSM arguments without effect in LocalMamba's backbone.
     _OFFICIAL_IGNORED = ('d_state', 'num_classes', 'norm_layer', 'ssm_act_layer', 'ssm_conv',
                          'ssm_conv_bias', 'ssm_drop_rate', 'ssm_init', 'forward_type',
@@ -126,4 +127,5 @@ class MM_LocalVSSM(LocalVMamba):
             with_cp=kw.get('with_cp', False) or kw.get('use_checkpoint', False),
             official_v_reverse=official_v_reverse,
             scan_backend=kw.get('scan_backend', 'auto'),
+            triton_precompile=kw.get('triton_precompile', True),
             init_cfg=legacy_init_cfg(kw.get('pretrained'), kw.get('init_cfg'), owner))

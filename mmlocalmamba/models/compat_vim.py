@@ -48,7 +48,8 @@ class MM_LocalVim(LocalVim):
     ``initializer_cfg``, ``mamba_cls``, ``device``, ``dtype``, ``if_bidirectional`` /
     ``if_bimamba`` / ``use_double_cls_token`` / ``if_devide_out`` / ``init_layer_scale`` /
     ``flip_img_sequences_ratio`` at their defaults. Also: ``with_cp``, ``frozen_stages``,
-    ``norm_eval``, ``official_v_reverse`` (default True here), ``scan_backend``, ``init_cfg``.
+    ``norm_eval``, ``official_v_reverse`` (default True here), ``scan_backend``, ``init_cfg``,
+    ``triton_precompile``.
     """
 
     _OFFICIAL_KEYS = ('img_size', 'patch_size', 'stride', 'embed_dim', 'depth', 'channels',
@@ -60,7 +61,8 @@ class MM_LocalVim(LocalVim):
                       'initializer_cfg', 'mamba_cls', 'device', 'dtype', 'if_bidirectional',
                       'if_bimamba', 'use_double_cls_token', 'if_devide_out', 'init_layer_scale',
                       'flip_img_sequences_ratio', 'with_cp', 'use_checkpoint', 'frozen_stages',
-                      'norm_eval', 'official_v_reverse', 'scan_backend', 'init_cfg')
+                      'norm_eval', 'official_v_reverse', 'scan_backend', 'init_cfg',
+                      'triton_precompile')
     #: official options whose non-default values this implementation does not provide.
     _UNSUPPORTED = dict(if_bidirectional=False, if_bimamba=False, use_double_cls_token=False,
                         if_devide_out=False, init_layer_scale=None, flip_img_sequences_ratio=-1.)
@@ -123,6 +125,7 @@ class MM_LocalVim(LocalVim):
             with_cp=kw.get('with_cp', False) or kw.get('use_checkpoint', False),
             official_v_reverse=official_v_reverse,
             scan_backend=kw.get('scan_backend', 'auto'),
+            triton_precompile=kw.get('triton_precompile', True),
             init_cfg=legacy_init_cfg(pretrained, kw.get('init_cfg'), owner, 'pretrained_ckpt'))
 
     @classmethod

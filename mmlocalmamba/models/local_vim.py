@@ -317,6 +317,8 @@ class LocalVim(LocalMambaBackbone):
         official_v_reverse (bool): reproduce the official ``v``/``v_flip`` reverse, which
             misplaces tokens when the token grid is not square. Default: False.
         scan_backend (str): 'auto', 'torch', 'triton' or 'mamba_ssm'. Default: 'auto'.
+        triton_precompile (bool): compile the Triton kernels a first call needs in parallel
+            processes before it runs (:mod:`mmlocalmamba.models.precompile`). Default: True.
         pretrained (str, optional): deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads
             official ImageNet checkpoints (position embedding and rope tables resized to this
@@ -340,10 +342,12 @@ class LocalVim(LocalMambaBackbone):
                  official_v_reverse: bool = False,
                  scan_backend: str = 'auto',
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None,
+                 triton_precompile: bool = True):
         owner = type(self).__name__
         arch = resolve_vim_arch(arch, owner)
-        super().__init__(frozen_stages, arch['depth'], norm_eval, with_cp, pretrained, init_cfg)
+        super().__init__(frozen_stages, arch['depth'], norm_eval, with_cp, pretrained, init_cfg,
+                         triton_precompile)
         check_backend(scan_backend)
         patch_size = check_int(patch_size, 'patch_size', owner)
         in_channels = check_int(in_channels, 'in_channels', owner)

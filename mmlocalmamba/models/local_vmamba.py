@@ -234,6 +234,8 @@ class LocalVMamba(LocalMambaBackbone):
         official_v_reverse (bool): reproduce the official code's ``v``/``v_flip`` reverse, which
             misplaces tokens when H != W. Default: False (correct inverse).
         scan_backend (str): 'auto', 'torch', 'triton' or 'mamba_ssm'. Default: 'auto'.
+        triton_precompile (bool): compile the Triton kernels a first call needs in parallel
+            processes before it runs (:mod:`mmlocalmamba.models.precompile`). Default: True.
         pretrained (str, optional): deprecated, use ``init_cfg``.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH_OR_URL)``;
             official classification checkpoints and mmdet/mmseg checkpoints (with
@@ -256,11 +258,12 @@ class LocalVMamba(LocalMambaBackbone):
                  official_v_reverse: bool = False,
                  scan_backend: str = 'auto',
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None,
+                 triton_precompile: bool = True):
         owner = type(self).__name__
         arch = _resolve_arch(arch, owner)
         super().__init__(frozen_stages, len(arch['depths']), norm_eval, with_cp, pretrained,
-                         init_cfg)
+                         init_cfg, triton_precompile)
         check_backend(scan_backend)
         in_channels = check_int(in_channels, 'in_channels', owner)
         patch_size = check_int(patch_size, 'patch_size', owner)

@@ -443,9 +443,12 @@ class Run:
     def compile_triton(self):
         from .compiling import triton_first_call
         sz = self.sizes
-        return triton_first_call(sz.triton_shapes, sz.triton_batch, str(self.device),
-                                 self.args.dtype, TINY_ARCH if self.args.tiny else 'tiny',
-                                 log=self.log)
+        runs = [triton_first_call(sz.triton_shapes, sz.triton_batch, str(self.device),
+                                  self.args.dtype, TINY_ARCH if self.args.tiny else 'tiny',
+                                  log=self.log, precompile=precompile)
+                for precompile in (False, True)]
+        runs[1]['without_precompile'] = runs[0]
+        return runs[1]
 
     # -- profiles
     def profile(self, spec: str) -> Tuple[str, dict]:

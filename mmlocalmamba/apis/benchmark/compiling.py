@@ -86,9 +86,11 @@ def _time_ms(step, device, iters, warmup) -> float:
 # ----------------------------------------------------------------------------- fresh Triton cache
 def triton_first_call(shapes: Sequence[Tuple[int, int]], batch: int, device: str,
                       dtype: str = 'bf16', arch='tiny', timeout: float = 600,
-                      log: Callable[[str], None] = _log) -> Dict[str, object]:
+                      log: Callable[[str], None] = _log,
+                      precompile: bool = True) -> Dict[str, object]:
     """The first forward + backward at each shape, in order, in a fresh process whose
-    ``TRITON_CACHE_DIR`` is a new empty directory (removed afterwards).
+    ``TRITON_CACHE_DIR`` is a new empty directory (removed afterwards); ``precompile`` is the
+    backbone's ``triton_precompile`` (False: every variant compiles in the launch, serially).
 
     Returns the child's record (see :func:`triton_first_call_child`) plus ``process_s``, the
     child's whole wall time (interpreter start and imports included).
@@ -97,7 +99,7 @@ def triton_first_call(shapes: Sequence[Tuple[int, int]], batch: int, device: str
     fd, result_path = tempfile.mkstemp(prefix='mmlocalmamba-first-call-', suffix='.json')
     os.close(fd)
     spec = dict(shapes=[list(s) for s in shapes], batch=batch, device=device, dtype=dtype,
-                arch=arch, result_path=result_path)
+                arch=arch, result_path=result_path, precompile=precompile)
     env = dict(os.environ, TRITON_CACHE_DIR=cache)
     # the child imports the same mmlocalmamba as this process
     root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -118,9 +120,11 @@ def triton_first_call(shapes: Sequence[Tuple[int, int]], batch: int, device: str
         raise RuntimeError(f'the fresh-cache process failed (exit {proc.returncode}):\n'
                            f'{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}')
     result = json.loads(text)
-    result.update(process_s=process_s, cache_was_fresh=result.pop('cache_entries_at_start') == 0)
+    result.update(process_s=process_s, cache_was_fresh=result.pop('cache_entries_at_start') == 0,
+                  precompile=precompile)
     for row in result['shapes']:
-        log(f"  fresh Triton cache {row['height']}x{row['width']}: first fwd+bwd "
+        log(f"  fresh Triton cache{'' if precompile else ', no precompilation'} "
+            f"{row['height']}x{row['width']}: first fwd+bwd "
             f"{row['first_s']:.1f} s ({row['new_cache_entries']} new cache entries), "
             f"then {row['warm_s'] * 1e3:.0f} ms")
     return result
@@ -138,7 +142,8 @@ def triton_first_call_child(spec: Dict[str, object]) -> None:
     device = torch.device(spec['device'])
     cache = os.environ.get('TRITON_CACHE_DIR')
     at_start = _cache_entries(cache)
-    model = LocalVMamba(arch=spec['arch'], out_indices=(0, 1, 2, 3)).to(device).train()
+    model = LocalVMamba(arch=spec['arch'], out_indices=(0, 1, 2, 3),
+                        triton_precompile=spec.get('precompile', True)).to(device).train()
     setup_s = time.perf_counter() - start
     rows: List[Dict[str, object]] = []
     for height, width in spec['shapes']:

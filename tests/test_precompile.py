@@ -1,0 +1,230 @@
+"""Parallel precompilation of the Triton kernels (``ops/triton/precompile.py``,
+``models/precompile.py``).
+
+On CPU: the recording run, the child processes and the cache keys, through a stand-in driver
+that compiles for sm_90 without a GPU (in a subprocess: the stand-in and the ``is_cuda`` patch
+must not leak into other tests); the model's recording run leaves no trace. On the GPU: a
+backbone's first call precompiles and then compiles nothing itself, with the same results.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from mmlocalmamba.models.precompile import _recording_run, precompile_workers
+
+from .conftest import gpu
+
+triton = pytest.importorskip('triton')
+
+_OFFLINE = textwrap.dedent('''
+    import json, os, sys, torch
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+    from triton import knobs
+
+    class StandIn:
+        def get_current_device(self): return 0
+        def get_current_stream(self, device=None): return 0
+        def get_current_target(self): return GPUTarget('cuda', 90, 32)
+        def get_active_torch_device(self): return torch.device('cpu')
+
+    driver.set_active(StandIn())
+    torch.Tensor.is_cuda = property(lambda self: True)
+    from mmlocalmamba.ops.scan_orders import kernel_tables
+    from mmlocalmamba.ops.triton.precompile import precompile
+
+    def run():
+        x = torch.randn(1, 8, 5, 7, dtype=torch.bfloat16)
+        w = torch.randn(2, 1 + 2 * 4, 8, dtype=torch.bfloat16)
+        dt_w = torch.randn(2, 8, 1, dtype=torch.bfloat16)
+        tables = kernel_tables(5, 7, ('h', 'w2_flip'))
+        from mmlocalmamba.ops.triton.scan import local_selective_scan_triton
+        local_selective_scan_triton(x, w, dt_w, torch.randn(2, 8), torch.randn(16, 4),
+                                    torch.randn(16), tables)
+
+    out = {}
+    report = precompile(run, workers=2, target=('cuda', 90, 32))
+    out['variants'] = [v[1] for v in report.variants]
+    out['compiled'] = sorted(report.compiled)
+    out['failed'] = report.failed
+    out['entries'] = len(os.listdir(knobs.cache.dir))
+    # The launch path: every launch compiles through the JIT (warmup) and must hit the cache.
+    launches = []
+    def compile_only(self, grid):
+        def call(*a, **k):
+            launches.append(self.fn.__name__)
+            self.warmup(*a, grid=grid, **k)
+        return call
+    JITFunction.__getitem__ = compile_only
+    run()
+    out['launches'] = launches
+    out['entries_after'] = len(os.listdir(knobs.cache.dir))
+    print('RESULT' + json.dumps(out))
+''')
+
+
+def _offline(tmp_path, env_extra=None):
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / 'cache'), **(env_extra or {}))
+    env.pop('TRITON_INTERPRET', None)
+    proc = subprocess.run([sys.executable, '-c', _OFFLINE], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT')][-1]
+    return json.loads(line[len('RESULT'):])
+
+
+def test_precompiled_variants_are_what_the_launches_load(tmp_path):
+    out = _offline(tmp_path)
+    assert out['failed'] == {}
+    assert out['variants'] and len(out['compiled']) == len(out['variants'])
+    assert 'scan_fwd_kernel' in out['variants']
+    # One cache entry per variant, and the launches afterwards compile nothing new: the
+    # children's cache keys are the launching process's.
+    assert out['entries'] == len(out['variants'])
+    assert set(out['launches']) == set(out['variants'])
+    assert out['entries_after'] == out['entries']
+
+
+def test_recording_skips_only_the_package_kernels_and_restores_the_hook():
+    from triton import knobs
+
+    from mmlocalmamba.ops.triton.precompile import record_variants
+
+    calls = []
+
+    def previous(**kwargs):
+        calls.append(kwargs['fn'].module)
+        return None
+
+    class Info:
+        def __init__(self, module):
+            self.module, self.name = module, 'k'
+
+    knobs.runtime.jit_cache_hook = previous
+    try:
+        with record_variants() as recorded:
+            hook = knobs.runtime.jit_cache_hook
+            mine = dict(fn=Info('mmlocalmamba.ops.triton.scan_kernels'),
+                        compile=dict(specialization_data='{"a": 1}'))
+            assert hook(key=1, repr='', is_manual_warmup=False, already_compiled=False,
+                        **mine) is True
+            assert hook(key=1, repr='', is_manual_warmup=False, already_compiled=False,
+                        **mine) is True  # a repeat is recorded once
+            other = dict(fn=Info('somebody.kernels'), compile=dict(specialization_data='{}'))
+            assert hook(key=2, repr='', is_manual_warmup=False, already_compiled=False,
+                        **other) is None  # not skipped: handed to the previous hook
+        assert recorded == [('mmlocalmamba.ops.triton.scan_kernels', 'k', '{"a": 1}')]
+        assert calls == ['somebody.kernels']
+        assert knobs.runtime.jit_cache_hook is previous
+    finally:
+        knobs.runtime.jit_cache_hook = None
+
+
+def test_a_variant_that_fails_is_reported_and_left_to_the_launch(tmp_path):
+    from mmlocalmamba.ops.triton.precompile import compile_variants
+
+    report = compile_variants([('mmlocalmamba.ops.triton.scan_kernels', 'scan_fwd_kernel',
+                                '{"name": "wrong"}')], ('cuda', 90, 32), str(tmp_path),
+                              workers=1, timeout=300)
+    assert not report.compiled
+    (name, error), = report.failed.items()
+    assert name.endswith('scan_fwd_kernel#0') and 'Error' in error
+    assert 'left to the launch' in report.summary()
+
+
+@pytest.mark.parametrize('workers', [0, -1, 1.5, True])
+def test_bad_worker_counts_are_refused(workers):
+    from mmlocalmamba.ops.triton.precompile import compile_variants
+    with pytest.raises(ValueError, match='workers must be a positive integer'):
+        compile_variants([('m', 'k', '{}')], ('cuda', 90, 32), '/tmp', workers=workers)
+
+
+def test_workers_share_the_cpus_among_the_local_processes(monkeypatch):
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
+    alone = precompile_workers()
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    assert precompile_workers() == max(1, alone // 4)
+
+
+def _small_vmamba(**kw):
+    from mmlocalmamba.models import LocalVMamba
+    return LocalVMamba(arch=dict(dims=8, depths=[1, 1], directions=[['h', 'w2']] * 2,
+                                 d_state=4), out_indices=(0, 1), drop_path_rate=0.3, **kw)
+
+
+def test_the_recording_run_leaves_no_trace():
+    model = _small_vmamba().train()
+    model.register_buffer('counter', torch.zeros(3))
+    model.register_forward_hook(lambda m, args, out: m.counter.add_(1))  # like BN statistics
+    x = torch.randn(2, 3, 16, 20)
+    state = torch.get_rng_state()
+    _recording_run(model, x, backward=True)
+    assert torch.equal(torch.get_rng_state(), state)  # drop path drew from a forked generator
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model.counter, torch.zeros(3))
+
+
+def test_cpu_calls_do_not_record_or_mark_anything():
+    model = _small_vmamba()
+    model(torch.randn(1, 3, 16, 16))
+    assert not model.__dict__.get('_precompiled')
+
+
+def test_triton_precompile_must_be_a_bool():
+    with pytest.raises(ValueError, match='triton_precompile must be'):
+        _small_vmamba(triton_precompile='yes')
+
+
+@gpu
+@pytest.mark.parametrize('arch', ['vmamba', 'vim'])
+def test_first_gpu_call_precompiles_everything_it_needs(arch, tmp_path, monkeypatch):
+    """On a fresh cache, the first forward+backward precompiles its variants; the call itself
+    then adds nothing to Triton's cache (every launch loaded a precompiled variant), its
+    results equal a model without precompilation bit for bit (drop path included: the
+    recording run draws from a forked generator), and a second call records nothing."""
+    from triton import knobs
+
+    from mmlocalmamba.models import LocalVim
+    from mmlocalmamba.ops.triton import precompile as ops_precompile
+    monkeypatch.setattr(knobs.cache, 'dir', str(tmp_path))
+    reports = []
+    original = ops_precompile.precompile
+
+    def spy(*args, **kwargs):
+        reports.append(original(*args, **kwargs))
+        return reports[-1]
+
+    monkeypatch.setattr(ops_precompile, 'precompile', spy)
+    if arch == 'vmamba':
+        make = lambda flag: _small_vmamba(triton_precompile=flag)  # noqa: E731
+        x = torch.randn(2, 3, 37, 53, device='cuda')
+    else:
+        make = lambda flag: LocalVim(  # noqa: E731
+            arch=dict(embed_dim=32, depth=2, directions=[['h', 'v_flip', 'w2', 'w7_flip']] * 2),
+            img_size=64, out_indices=(0, 1), drop_path_rate=0.2, triton_precompile=flag)
+        x = torch.randn(2, 3, 48, 80, device='cuda')
+    model, plain = make(True).cuda(), make(False).cuda()
+    plain.load_state_dict(model.state_dict())
+    results = []
+    for m in (model, plain):
+        torch.manual_seed(1)
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = m(x)
+        sum(o.float().sum() for o in out).backward()
+        results.append([o.detach() for o in out] + [p.grad for p in m.parameters()])
+        if m is model:
+            (report, ) = reports
+            assert report.variants and not report.failed
+            assert len(report.compiled) == len(report.variants)
+            assert len(os.listdir(tmp_path)) == len(report.variants)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        model(torch.randn(1, 3, 40, 45, device='cuda'))  # a new size: same kind of call
+    assert len(reports) == 1
