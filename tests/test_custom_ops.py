@@ -149,6 +149,37 @@ def test_compile_without_graph_breaks_equals_eager(index):
             assert rel_l2(a, b) < 1e-4, (name, height, width)
 
 
+def _symbolic_sizes(model, x):
+    """The symbolic sizes (sympy strings) of every tensor and integer in the Dynamo graph of
+    ``model(x)`` traced with dynamic shapes."""
+    sizes = []
+
+    def backend(gm, example_inputs):
+        for node in gm.graph.nodes:
+            value = node.meta.get('example_value')
+            for v in value if isinstance(value, (tuple, list)) else [value]:
+                if isinstance(v, torch.Tensor):
+                    sizes.extend(str(s.node.expr) for s in v.shape if isinstance(s, torch.SymInt))
+                elif isinstance(v, torch.SymInt):
+                    sizes.append(str(v.node.expr))
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend, dynamic=True, fullgraph=True)(x)
+    torch._dynamo.reset()
+    return sizes
+
+
+def test_localvim_sizes_under_dynamic_shapes_hold_no_modulo():
+    """LocalVim's token grid (to which the position tables are resized bicubically, a float
+    scale) is a ceiling division of the image size, not ``h + (-h % p)``: Inductor 2.11 fails
+    on a modulo that reaches a float ("TensorReferenceAnalysis has no attribute python_mod",
+    seen on the H200 at the second input size, reproduced with torch 2.11 on CPU)."""
+    _, vim, _ = _small_models()[1]
+    sizes = _symbolic_sizes(vim, torch.randn(1, 3, 51, 85))  # not multiples of the patch
+    assert sizes and not [s for s in sizes if 'Mod' in s]
+
+
 def test_compiled_scan_with_inductor_equals_eager():
     """Inductor's generated code around the operator (one scan, CPU)."""
     args = _local_args(torch.float32)

@@ -261,7 +261,11 @@ class VimPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor):
         p = self.patch_size
-        pad_h, pad_w = -x.shape[-2] % p, -x.shape[-1] % p
+        # ceil-division instead of ``-h % p``: under torch.compile with dynamic shapes a size
+        # holding a modulo breaks Inductor 2.11 (no ``python_mod`` in its scalar-to-tensor pass)
+        # once the position tables are resized to it
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -(-height // p) * p - height, -(-width // p) * p - width
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         x = self.proj(x)
