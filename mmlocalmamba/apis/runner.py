@@ -9,7 +9,9 @@ Start-up also
 
 * imports :mod:`mmlocalmamba` (the backbones) and :mod:`mmlocalmamba.engine` (hooks), so configs
   need no ``custom_imports`` when these tools are used;
-* makes ``--launcher pytorch`` work on machines without a GPU (gloo backend, CPU DDP).
+* makes ``--launcher pytorch`` work on machines without a GPU (gloo backend, CPU DDP);
+* makes the config's ``compile`` (True or ``torch.compile`` arguments) compile the model's
+  backbone in place instead of mmengine's whole ``train_step`` (:func:`compile_backbone`).
 
 While a runner of :func:`build_runner` trains or tests, mmengine's checkpoint loading
 (``--resume``, ``load_from``, the test checkpoint) goes through mmlocalmamba's checked
@@ -40,7 +42,7 @@ from ..utils.checkpoint import load_checkpoint_file, safe_mmengine_loading
 __all__ = [
     'SUPPORTED_SCOPES', 'config_scope', 'setup_scope', 'load_config', 'prepare_train_config',
     'prepare_test_config', 'build_runner', 'train_parser', 'test_parser', 'train_main',
-    'test_main', 'PartialCheckpointError', 'check_checkpoint_covers_model'
+    'test_main', 'PartialCheckpointError', 'check_checkpoint_covers_model', 'compile_backbone'
 ]
 
 #: default_scope -> module whose ``register_all_modules`` registers the library.
@@ -313,8 +315,47 @@ def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     _unique_visualizer_name(cfg)
+    _check_compile_option(cfg.get('compile'))
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner._maybe_compile = functools.partial(compile_backbone, runner)
     return with_safe_loading(runner)
+
+
+def _check_compile_option(option: Any) -> None:
+    if option is not None and not isinstance(option, (bool, dict)):
+        raise TypeError(f'compile must be True, False, None or a dict of torch.compile '
+                        f'arguments, got {option!r}.')
+
+
+def compile_backbone(runner, target: str = 'train_step') -> bool:
+    """What the config's ``compile`` (True, or a dict of ``torch.compile`` arguments) does in
+    runners of :func:`build_runner`: the model's backbone is compiled in place
+    (``nn.Module.compile``: its state-dict keys and checkpoints stay as they are), when mmengine
+    would compile ``train_step``.
+
+    mmengine itself compiles the whole ``train_step``: the heads' data-dependent shapes and the
+    optimizer step with it, and under ``--amp`` Dynamo (torch 2.11) stops inside mmengine's
+    autocast context (``digit_version`` of the torch version); the backbone is where the work
+    is, and the scan operators are opaque to the compiler. Returns True when it compiled.
+
+    Raises:
+        ValueError: ``compile`` is set and the model has no ``backbone``.
+    """
+    option = runner.cfg.get('compile')
+    _check_compile_option(option)
+    if target != 'train_step' or option is None or option is False:
+        return False
+    model = _unwrap(runner.model)
+    backbone = getattr(model, 'backbone', None)
+    if not isinstance(backbone, torch.nn.Module):
+        raise ValueError(f'compile={option!r}: {type(model).__name__} has no backbone module '
+                         f'to compile; remove "compile" from the config.')
+    kwargs = {} if option is True else dict(option)
+    backbone.compile(**kwargs)
+    print_log(f'compile: {type(backbone).__name__} (model.backbone) compiled in place with '
+              f'torch.compile({", ".join(f"{k}={v!r}" for k, v in kwargs.items())}); the first '
+              f'iterations include the compilation.', logger='current')
+    return True
 
 
 def with_safe_loading(runner):
