@@ -588,3 +588,23 @@ def test_tool_runs_det_seg_vim_end_to_end_on_the_cpu(tmp_path):
     assert {'infer', 'train'} <= set(result['ratios_to_deit']['LocalVim-S'])
     assert '| **UperNet train step**, batch 2, 64² (s/iter, AMP none) |' in \
         open(tmp_path / 'b.md').read()
+
+
+def test_the_recorded_commit_says_when_the_code_differs_from_it(tmp_path):
+    """A benchmark run on a working tree that differs from its commit is marked ``-dirty`` (a
+    run on the GPU machine recorded the commit of a stale ``.git`` beside newer files)."""
+    import shutil
+    import subprocess
+
+    from mmlocalmamba.apis.benchmark.measure import _git_commit
+    if shutil.which('git') is None:
+        pytest.skip('git is not installed')
+    git = ['git', '-C', str(tmp_path), '-c', 'user.name=t', '-c', 'user.email=t@t']
+    subprocess.run(git[:3] + ['init', '-q'], check=True)
+    (tmp_path / 'a.py').write_text('x = 1\n')
+    subprocess.run(git + ['add', 'a.py'], check=True)
+    subprocess.run(git + ['commit', '-qm', 'c'], check=True)
+    clean = _git_commit(str(tmp_path))
+    assert clean and not clean.endswith('-dirty')
+    (tmp_path / 'a.py').write_text('x = 2\n')
+    assert _git_commit(str(tmp_path)) == clean + '-dirty'

@@ -138,10 +138,12 @@ def package_versions() -> Dict[str, str]:
     return out
 
 
-def _git_commit() -> Optional[str]:
-    root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+def _git_commit(root: Optional[str] = None) -> Optional[str]:
+    """The checkout's commit, with ``-dirty`` when its tracked files differ from it (then the
+    code that ran is not that commit's: e.g. a copied working tree beside an older ``.git``)."""
+    root = root or osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     try:
-        out = subprocess.run(['git', '-C', root, 'rev-parse', '--short', 'HEAD'],
+        out = subprocess.run(['git', '-C', root, 'describe', '--always', '--dirty', '--abbrev=7'],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
