@@ -6,7 +6,8 @@ Small LocalVMamba and LocalVim models forward + backward in fp32 and under bf16 
 odd sizes (37x53, 70x45: window padding, sequence segments), 64x96, batch 1 and 2; the
 LocalVMamba scan launcher alone at 67,200 tokens (stage 1 of an 800x1344 image, D = 16); the
 fused merge with its output gate; the plain scan; and, with ``--compile``, the same models
-through ``torch.compile``. The sanitizer's summary line ("ERROR SUMMARY: 0 errors") is the
+through ``torch.compile`` (``--only-compiled``: only that part; ``--models``: a subset). The
+sanitizer's summary line ("ERROR SUMMARY: 0 errors") is the
 result; this script only runs the work.
 """
 import argparse
@@ -14,23 +15,28 @@ import argparse
 import torch
 
 
-def models(compile_models):
+MODELS = ('vmamba', 'vim', 'vim_cls')
+
+
+def models(compile_models, names=MODELS):
     from mmlocalmamba.models import LocalVim, LocalVMamba
     dirs = ['h', 'v_flip', 'w2', 'w7_flip']
-    vmamba = LocalVMamba(arch=dict(dims=16, depths=[1, 1, 1, 1], directions=[dirs] * 4),
-                         drop_path_rate=0.).cuda()
-    vim = LocalVim(arch=dict(embed_dim=32, depth=2, directions=[dirs] * 2), img_size=64,
-                   out_indices=(0, 1), drop_path_rate=0.).cuda()
-    vim_cls = LocalVim(arch=dict(embed_dim=32, depth=2, if_rope=False, middle_cls_token=True),
-                       img_size=64, out_indices=(1, ), drop_path_rate=0.).cuda()
-    out = [vmamba, vim, vim_cls]
+    build = dict(
+        vmamba=lambda: LocalVMamba(arch=dict(dims=16, depths=[1, 1, 1, 1], directions=[dirs] * 4),
+                                   drop_path_rate=0.),
+        vim=lambda: LocalVim(arch=dict(embed_dim=32, depth=2, directions=[dirs] * 2), img_size=64,
+                             out_indices=(0, 1), drop_path_rate=0.),
+        vim_cls=lambda: LocalVim(arch=dict(embed_dim=32, depth=2, if_rope=False,
+                                           middle_cls_token=True),
+                                 img_size=64, out_indices=(1, ), drop_path_rate=0.))
+    out = [build[name]().cuda() for name in names]
     if compile_models:
         out = [torch.compile(m) for m in out]
     return out
 
 
-def run_models(compile_models):
-    for model in models(compile_models):
+def run_models(compile_models, names=MODELS):
+    for model in models(compile_models, names):
         for batch, (height, width) in ((2, (37, 53)), (1, (64, 96)), (2, (70, 45))):
             for amp in (False, True):
                 x = torch.randn(batch, 3, height, width, device='cuda', requires_grad=True)
@@ -71,13 +77,23 @@ def run_plain_scan():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--compile', action='store_true', help='also through torch.compile')
+    parser.add_argument('--only-compiled', action='store_true',
+                        help='only the torch.compile part (under the sanitizer it takes the '
+                        'longest: Inductor compiles and autotunes there too)')
+    parser.add_argument('--models', default=','.join(MODELS),
+                        help=f'comma-separated subset of {",".join(MODELS)}')
     args = parser.parse_args()
+    names = [n for n in args.models.split(',') if n]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f'unknown --models {unknown}; valid: {list(MODELS)}')
     torch.manual_seed(0)
-    run_models(False)
-    run_long_scan()
-    run_plain_scan()
-    if args.compile:
-        run_models(True)
+    if not args.only_compiled:
+        run_models(False, names)
+        run_long_scan()
+        run_plain_scan()
+    if args.compile or args.only_compiled:
+        run_models(True, names)
     print('memcheck workload done')
 
 
