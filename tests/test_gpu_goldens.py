@@ -3,12 +3,15 @@
 The same cases as the CPU fp32 golden tests of ``test_local_vmamba.py`` / ``test_local_vim.py``,
 run on CUDA with ``scan_backend='triton'`` (the fused LocalVMamba scan and merge, the fused
 LocalVim layer), with TF32 off for convolutions and matrix products so fp32 means fp32; every
-output within the CPU fp32 tests' tolerance of the official float64 outputs. Skipped on CPU.
+output within the CPU fp32 tests' tolerance of the official float64 outputs. The compact
+fixtures of ``tests/data`` run the same check where ``../shared/reference`` is not there (the
+GPU machine gets only the checkout). Skipped on CPU.
 """
 import pytest
 import torch
 
-from .conftest import gpu, max_rel
+from .conftest import compact_fixture, gpu, max_rel
+from .test_compact_goldens import FIXTURES as COMPACT
 from .test_local_vim import _GOLDENS as VIM_GOLDENS
 from .test_local_vim import _build_golden as build_vim_golden
 from .test_local_vim import _run_golden as run_vim_golden
@@ -58,3 +61,14 @@ def test_local_vim_golden_fp32_on_triton(name, strict_fp32):
     for case in fixture['cases']:
         with torch.no_grad():
             _check(run_vim_golden(model, fixture, case['input'].cuda()), case['outputs'])
+
+
+@gpu
+@pytest.mark.parametrize('name', sorted(COMPACT))
+def test_compact_golden_fp32_on_triton(name, strict_fp32):
+    fixture = compact_fixture(name)
+    build, runner = COMPACT[name]
+    model = _on_triton(build(fixture))
+    case = fixture['cases'][0]
+    with torch.no_grad():
+        _check(runner(fixture)(model, case['input'].cuda()), case['outputs'])
