@@ -170,14 +170,16 @@ def _symbolic_sizes(model, x):
     return sizes
 
 
-def test_localvim_sizes_under_dynamic_shapes_hold_no_modulo():
+@pytest.mark.parametrize('index', [1, 2])
+def test_localvim_sizes_under_dynamic_shapes_hold_no_modulo(index):
     """LocalVim's token grid (to which the position tables are resized bicubically, a float
-    scale) is a ceiling division of the image size, not ``h + (-h % p)``: Inductor 2.11 fails
-    on a modulo that reaches a float ("TensorReferenceAnalysis has no attribute python_mod",
-    seen on the H200 at the second input size, reproduced with torch 2.11 on CPU)."""
-    _, vim, _ = _small_models()[1]
-    sizes = _symbolic_sizes(vim, torch.randn(1, 3, 51, 85))  # not multiples of the patch
-    assert sizes and not [s for s in sizes if 'Mod' in s]
+    scale) is a ceiling division of the image size, not ``h + (-h % p)``: Inductor of torch 2.11
+    fails on a modulo that reaches a float ("TensorReferenceAnalysis has no attribute
+    python_mod", seen on the H200 at the second input size, reproduced with torch 2.11 on CPU).
+    The input is not a multiple of the patch."""
+    name, model, _ = _small_models()[index]
+    sizes = _symbolic_sizes(model, torch.randn(1, 3, 51, 85))
+    assert sizes and not [s for s in sizes if 'Mod' in s], name
 
 
 def test_compiled_scan_with_inductor_equals_eager():

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU checks of one device session, as one background job (it outlives a call):
+#
+#   setsid nohup bash tools/dev/gpu_checks.sh OUT_DIR [PHASES] > /dev/null 2>&1 < /dev/null &
+#
+# then poll for OUT_DIR/ALLDONE and pack OUT_DIR (one log and one .rc per step). PHASES is a
+# comma-separated subset of (default: all, in this order)
+#   tests    the GPU parity suites in three parallel pytest processes (compile-bound: Triton
+#            and Inductor compile on the CPU cores), beside the next two;
+#   memcheck compute-sanitizer memcheck of every kernel, eager and under torch.compile;
+#   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
+#   bench    tools/benchmark.py --what compile (first calls with and without precompilation,
+#            compiled training and Mask R-CNN steps) and --what vim,det_vim, alone on the machine.
+# If ./.whl holds the wheels of ../shared/wheels/gpu-cp312 (carried), they are installed first.
+set -u
+OUT=${1:?usage: gpu_checks.sh OUT_DIR [PHASES]}
+PHASES=${2:-tests,memcheck,train,bench}
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+mkdir -p "$OUT"
+exec > "$OUT/job.log" 2>&1
+has() { [[ ",$PHASES," == *",$1,"* ]]; }
+step() {  # step NAME LIMIT_S COMMAND...: log to NAME.log, exit status and seconds to NAME.rc
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "rc=$? seconds=$((SECONDS - start))" > "$OUT/$name.rc"
+}
+date -u
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+python3 -c "import sys, torch, triton; print(sys.version, torch.__version__, triton.__version__)"
+PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs)
+if has tests; then
+  step pytest_scan 900 env TRITON_CACHE_DIR="$OUT/cache_scan" "${PYTEST[@]}" \
+    tests/test_triton_scan.py &
+  step pytest_vim 900 env TRITON_CACHE_DIR="$OUT/cache_vim" "${PYTEST[@]}" \
+    tests/test_triton_vim.py tests/test_gpu_goldens.py &
+  step pytest_rest 900 env TRITON_CACHE_DIR="$OUT/cache_rest" "${PYTEST[@]}" \
+    tests/test_precompile.py tests/test_custom_ops.py tests/test_triton_merge.py \
+    tests/test_gpu_backbone.py &
+fi
+if has memcheck; then
+  step memcheck 1500 compute-sanitizer --tool memcheck --error-exitcode 1 \
+    python3 tools/dev/memcheck.py --compile &
+fi
+if has train; then
+  python3 tools/make_demo_data.py --out data/demo > "$OUT/demo_data.log" 2>&1
+  step train_compile 900 python3 tools/train.py \
+    configs/mmdet/mask-rcnn_localvmamba-demo_fpn_1xb4-8e_demo-coco.py --amp \
+    --work-dir "$OUT/train_compile" --cfg-options compile=True train_cfg.max_epochs=1 &
+fi
+wait
+if has bench; then
+  step bench_compile 900 python3 tools/benchmark.py --what compile \
+    --compile-parts triton,cls_train,det --json "$OUT/bench_compile.json" \
+    --md "$OUT/bench_compile.md"
+  step bench_vim 900 python3 tools/benchmark.py --what vim,det_vim \
+    --json "$OUT/bench_vim.json" --md "$OUT/bench_vim.md"
+fi
+rm -rf "$OUT"/cache_* "$OUT/train_compile"/*.pth
+date -u
+touch "$OUT/ALLDONE"
