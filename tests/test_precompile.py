@@ -23,18 +23,11 @@ triton = pytest.importorskip('triton')
 
 _OFFLINE = textwrap.dedent('''
     import json, os, sys, torch
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
     from triton.runtime.jit import JITFunction
     from triton import knobs
+    from mmlocalmamba.ops.triton.compile_worker import stand_in_driver
 
-    class StandIn:
-        def get_current_device(self): return 0
-        def get_current_stream(self, device=None): return 0
-        def get_current_target(self): return GPUTarget('cuda', 90, 32)
-        def get_active_torch_device(self): return torch.device('cpu')
-
-    driver.set_active(StandIn())
+    stand_in_driver(('cuda', 90, 32), torch.device('cpu'))
     torch.Tensor.is_cuda = property(lambda self: True)
     from mmlocalmamba.ops.scan_orders import kernel_tables
     from mmlocalmamba.ops.triton.precompile import precompile

@@ -46,24 +46,10 @@ def capture_compiles(run, capability: int = 90):
     Returns:
         [(kernel name, launch keyword arguments, compiled kernel)] in launch order.
     """
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    class StandInDriver:
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget('cuda', capability, 32)
-
-        def get_active_torch_device(self):
-            return torch.device('cpu')
-
-    driver.set_active(StandInDriver())
+    from mmlocalmamba.ops.triton.compile_worker import stand_in_driver
+    stand_in_driver(('cuda', capability, 32), torch.device('cpu'))
     compiled = []
 
     def compile_only(self, grid):

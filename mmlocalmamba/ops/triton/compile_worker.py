@@ -1,5 +1,6 @@
 """A child process of :func:`mmlocalmamba.ops.triton.precompile.compile_variants` (run as a
-script with the task folder as its last argument; not imported).
+script with the task folder as its last argument; :func:`stand_in_driver` is also imported by
+the SASS reports).
 
 It reads ``TASK_DIR/tasks.json`` (the GPU target, Triton's cache directory, the folder holding
 the ``mmlocalmamba`` package and the variants ``[module, kernel, specialisation, index]``, the
@@ -32,7 +33,11 @@ def _kernel_modules(package_dir: str) -> None:
         sys.modules[name] = module
 
 
-def _stand_in_driver(target) -> None:
+def stand_in_driver(target, torch_device=None) -> None:
+    """Make Triton's active driver a stand-in that reports the GPU ``target`` ``(backend,
+    arch, warp_size)``, device 0 and stream 0, so kernels compile without a GPU
+    (``torch_device``: what it gives as the active torch device, for launchers given CPU
+    tensors, as ``tools/dev/sass_report.py`` does). Also used by the SASS reports."""
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
 
@@ -47,6 +52,9 @@ def _stand_in_driver(target) -> None:
 
         def get_current_target(self):
             return gpu
+
+        def get_active_torch_device(self):
+            return torch_device
 
     driver.set_active(StandIn())
 
@@ -65,7 +73,7 @@ def main(task_dir: str) -> None:
     _kernel_modules(job['package_dir'])
     from triton import knobs
     knobs.cache.dir = job['cache_dir']
-    _stand_in_driver(job['target'])
+    stand_in_driver(job['target'])
     for module, kernel, spec, index in job['tasks']:
         if not _claim(task_dir, index):
             continue
