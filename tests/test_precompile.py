@@ -119,6 +119,31 @@ def test_recording_skips_only_the_package_kernels_and_restores_the_hook():
         knobs.runtime.jit_cache_hook = None
 
 
+def test_recording_leaves_other_threads_launches_alone():
+    """Triton's hook is process-wide: a launch from another thread during the recording run
+    (another model serving requests) must compile and run, not be skipped."""
+    import threading
+
+    from triton import knobs
+
+    from mmlocalmamba.ops.triton.precompile import record_variants
+
+    class Info:
+        module, name = 'mmlocalmamba.ops.triton.scan_kernels', 'k'
+
+    answers = []
+    with record_variants() as recorded:
+        hook = knobs.runtime.jit_cache_hook
+        call = dict(key=1, repr='', is_manual_warmup=False, already_compiled=False, fn=Info(),
+                    compile=dict(specialization_data='{"b": 2}'))
+        worker = threading.Thread(target=lambda: answers.append(hook(**call)))
+        worker.start()
+        worker.join()
+        answers.append(hook(**call))
+    assert answers == [None, True]
+    assert len(recorded) == 1
+
+
 def test_a_variant_that_fails_is_reported_and_left_to_the_launch(tmp_path):
     from mmlocalmamba.ops.triton.precompile import compile_variants
 

@@ -21,7 +21,11 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-__all__ = ['precompile_pre_hook', 'precompile_workers']
+__all__ = ['precompile_pre_hook', 'precompile_workers', 'PRECOMPILE_TIMEOUT_S']
+
+#: Seconds the first call waits for the compiling children (the slowest LocalVMamba-T variant
+#: takes about 6 s on the H200 machine); what is not compiled by then compiles in its launch.
+PRECOMPILE_TIMEOUT_S = 600
 
 
 def precompile_workers() -> int:
@@ -98,7 +102,7 @@ def precompile_pre_hook(module: nn.Module, args: tuple) -> None:
     module._precompiling = True
     try:
         report = precompile(lambda: _recording_run(module, x, backward),
-                            workers=precompile_workers())
+                            workers=precompile_workers(), timeout=PRECOMPILE_TIMEOUT_S)
     finally:
         module._precompiling = False
     shape = 'x'.join(map(str, x.shape))

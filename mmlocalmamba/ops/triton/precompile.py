@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -98,16 +99,18 @@ def _hook_support() -> Optional[str]:
 
 @contextlib.contextmanager
 def record_variants(prefix: str = KERNEL_PACKAGE):
-    """Within the block, launches of the kernels of modules named ``prefix*`` that would compile
-    a new variant are skipped and recorded instead; yields the list they are appended to (each
-    variant once, in launch order). Other kernels compile and run as usual."""
+    """Within the block, launches of the kernels of modules named ``prefix*`` from this thread
+    that would compile a new variant are skipped and recorded instead; yields the list they are
+    appended to (each variant once, in launch order). Other kernels, and launches from other
+    threads (Triton's hook is process-wide), compile and run as usual."""
     from triton import knobs
     previous = knobs.runtime.jit_cache_hook
     recorded: List[Variant] = []
     seen = set()
+    thread = threading.get_ident()
 
     def hook(*args, fn, compile, **kwargs):
-        if fn.module.startswith(prefix):
+        if fn.module.startswith(prefix) and threading.get_ident() == thread:
             spec = compile['specialization_data']
             if spec not in seen:
                 seen.add(spec)
