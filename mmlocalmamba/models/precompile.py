@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from ..ops.triton.precompile import usable_cpus
+
 __all__ = ['precompile_pre_hook', 'precompile_workers', 'PRECOMPILE_TIMEOUT_S']
 
 #: Seconds the first call waits for the compiling children (the slowest LocalVMamba-T variant
@@ -31,12 +33,8 @@ PRECOMPILE_TIMEOUT_S = 600
 def precompile_workers() -> int:
     """Child processes per call: the CPUs this process may use, shared among the processes of
     this node that a launcher started (``LOCAL_WORLD_SIZE``, e.g. one per GPU)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
     local = os.environ.get('LOCAL_WORLD_SIZE', '1')
-    return max(1, cpus // max(1, int(local) if local.isdigit() else 1))
+    return max(1, usable_cpus() // max(1, int(local) if local.isdigit() else 1))
 
 
 def _tensors(out: Any) -> Iterator[torch.Tensor]:

@@ -143,7 +143,7 @@ def triton_first_call_child(spec: Dict[str, object]) -> None:
     cache = os.environ.get('TRITON_CACHE_DIR')
     at_start = _cache_entries(cache)
     model = LocalVMamba(arch=spec['arch'], out_indices=(0, 1, 2, 3),
-                        triton_precompile=spec.get('precompile', True)).to(device).train()
+                        triton_precompile=spec['precompile']).to(device).train()
     setup_s = time.perf_counter() - start
     rows: List[Dict[str, object]] = []
     for height, width in spec['shapes']:

@@ -37,7 +37,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['PrecompileReport', 'precompile', 'record_variants', 'compile_variants']
+__all__ = ['PrecompileReport', 'precompile', 'record_variants', 'compile_variants',
+           'usable_cpus']
 
 #: Kernels of these modules are recorded (those of any other module compile as usual).
 KERNEL_PACKAGE = __name__.rpartition('.')[0] + '.'
@@ -132,7 +133,8 @@ def _cost_order(variants: Sequence[Variant]) -> List[int]:
                   key=lambda i: ('bwd' not in variants[i][1], -len(variants[i][2])))
 
 
-def _default_workers() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -157,7 +159,7 @@ def compile_variants(variants: Sequence[Variant], target: Tuple[str, Any, int],
     report = PrecompileReport(variants=list(variants))
     if not variants:
         return report
-    workers = _default_workers() if workers is None else workers
+    workers = usable_cpus() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f'workers must be a positive integer or None, got {workers!r}.')
     report.workers = min(workers, len(variants))
@@ -183,6 +185,7 @@ def compile_variants(variants: Sequence[Variant], target: Tuple[str, Any, int],
                 proc.kill()
                 proc.wait()
             log.close()
+        missing = None
         for i in order:
             done = os.path.join(tmp, f'{i}.done')
             if os.path.exists(done):
@@ -192,11 +195,14 @@ def compile_variants(variants: Sequence[Variant], target: Tuple[str, Any, int],
                     report.failed[names[i]] = result['error']
                 else:
                     report.compiled[names[i]] = result['seconds']
-            else:
-                logs = ''.join(open(os.path.join(tmp, f'worker{w}.log')).read()
-                               for w in range(report.workers))
-                report.failed[names[i]] = ('not compiled (worker stopped or timed out): '
-                                           + logs.strip()[-500:])
+                continue
+            if missing is None:  # the children's output, read once
+                logs = ''
+                for w in range(report.workers):
+                    with open(os.path.join(tmp, f'worker{w}.log')) as f:
+                        logs += f.read()
+                missing = 'not compiled (worker stopped or timed out): ' + logs.strip()[-500:]
+            report.failed[names[i]] = missing
     return report
 
 
