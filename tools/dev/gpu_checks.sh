@@ -7,7 +7,8 @@
 # comma-separated subset of (default: all, in this order)
 #   tests    the GPU parity suites in three parallel pytest processes (compile-bound: Triton
 #            and Inductor compile on the CPU cores), beside the next two;
-#   memcheck compute-sanitizer memcheck of every kernel, eager and under torch.compile;
+#   memcheck compute-sanitizer memcheck of every kernel, eager and under torch.compile (one
+#            process each: eager, and each model compiled; MEMCHECK_LIMIT_S, default 840);
 #   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
 #   bench    tools/benchmark.py --what compile (first calls with and without precompilation,
 #            compiled training and Mask R-CNN steps) and --what vim,det_vim, alone on the machine.
@@ -42,9 +43,13 @@ if has tests; then
     tests/test_precompile.py tests/test_custom_ops.py tests/test_triton_merge.py \
     tests/test_gpu_backbone.py &
 fi
-if has memcheck; then
-  step memcheck 1500 compute-sanitizer --tool memcheck --error-exitcode 1 \
-    python3 tools/dev/memcheck.py --compile &
+if has memcheck; then  # eager, then each model compiled, in parallel (the sanitizer is slow)
+  MEMCHECK=(compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/dev/memcheck.py)
+  step memcheck_eager "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" &
+  for model in vmamba vim vim_cls; do
+    step "memcheck_compiled_$model" "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" --only-compiled \
+      --models "$model" &
+  done
 fi
 if has train; then
   python3 tools/make_demo_data.py --out data/demo > "$OUT/demo_data.log" 2>&1

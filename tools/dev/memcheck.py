@@ -11,8 +11,17 @@ sanitizer's summary line ("ERROR SUMMARY: 0 errors") is the
 result; this script only runs the work.
 """
 import argparse
+import time
 
 import torch
+
+_START = time.time()
+
+
+def progress(what):
+    """One line per finished piece of work (the sanitizer slows everything; the log shows how
+    far a run that hit its time limit got)."""
+    print(f'[{time.time() - _START:7.1f} s] {what}', flush=True)
 
 
 MODELS = ('vmamba', 'vim', 'vim_cls')
@@ -36,14 +45,16 @@ def models(compile_models, names=MODELS):
 
 
 def run_models(compile_models, names=MODELS):
-    for model in models(compile_models, names):
+    for name, model in zip(names, models(compile_models, names)):
         for batch, (height, width) in ((2, (37, 53)), (1, (64, 96)), (2, (70, 45))):
             for amp in (False, True):
                 x = torch.randn(batch, 3, height, width, device='cuda', requires_grad=True)
                 with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
                     loss = sum(o.float().square().mean() for o in model(x))
                 loss.backward()
-    torch.cuda.synchronize()
+                torch.cuda.synchronize()
+                progress(f'{name} compiled={compile_models} batch {batch} '
+                         f'{height}x{width} amp={amp}')
 
 
 def run_long_scan():
@@ -91,7 +102,9 @@ def main():
     if not args.only_compiled:
         run_models(False, names)
         run_long_scan()
+        progress('local scan at 67,200 tokens')
         run_plain_scan()
+        progress('plain scan')
     if args.compile or args.only_compiled:
         run_models(True, names)
     print('memcheck workload done')
