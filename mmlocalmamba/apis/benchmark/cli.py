@@ -56,7 +56,8 @@ VIM_CLS = ('LocalVim-T', 'LocalVim-S', 'DeiT-T', 'DeiT-S')
 COMPILE_PARTS = ('triton', 'cls_infer', 'cls_train', 'det')
 #: keys of the parts in the result's ``compile`` dictionary (the others: the part's name)
 COMPILE_KEYS = {'triton': 'triton_first_call'}
-PROFILES = ('cls', 'cls_infer', 'backbone', 'det', 'seg', 'vim', 'det_vim')
+PROFILES = ('cls', 'cls_infer', 'backbone', 'det', 'seg', 'vim', 'vim_infer', 'vim_backbone',
+            'det_vim')
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """Batch sizes and input sizes (H, W) of every row."""
@@ -141,6 +142,9 @@ def parser() -> argparse.ArgumentParser:
                    f'({", ".join(PROFILES)}; default model LocalVMamba-T / LocalVim-T / the '
                    f'first config), e.g. cls,det,det:Swin-T')
     p.add_argument('--profile-rows', type=int, default=25, help='top kernels kept per profile')
+    p.add_argument('--profile-host', action='store_true',
+                   help='the profiles also keep the host side: operators by own CPU time and '
+                   'a cProfile table of one step')
     p.add_argument('--budget-s', type=float, default=None,
                    help='skip the sections that would start after this many seconds')
     p.add_argument('--json', default='work_dirs/benchmark.json', help='output JSON file')
@@ -458,7 +462,7 @@ class Run:
             model, step = self.profile_workload(workload, model or None)
             title = f'{workload}:{model}'
             prof = profile_step(step, self.device, warmup=max(self.args.warmup, 1),
-                                rows=self.args.profile_rows)
+                                rows=self.args.profile_rows, host=self.args.profile_host)
             self.log(format_profile(title, prof, rows=self.args.profile_rows))
         except Exception:  # noqa: BLE001
             title, prof = f'{workload}:{model or "default"}', dict(
@@ -468,14 +472,15 @@ class Run:
 
     def profile_workload(self, workload: str, model: Optional[str]):
         sz, dev, dtype = self.sizes, self.device, self.args.dtype
-        if workload in ('cls', 'cls_infer', 'vim'):
-            model = model or ('LocalVim-T' if workload == 'vim' else 'LocalVMamba-T')
+        if workload in ('cls', 'cls_infer', 'vim', 'vim_infer'):
+            model = model or ('LocalVim-T' if workload.startswith('vim') else 'LocalVMamba-T')
             net = build_classifier(model, sz.cls_size).to(dev)
             return model, cls_step(net, sz.cls_batch, sz.cls_size, dev, dtype,
-                                   train=workload != 'cls_infer')
-        if workload == 'backbone':
-            model = model or 'LocalVMamba-T'
-            _, batch, size = sz.backbone[0]
+                                   train=not workload.endswith('_infer'))
+        if workload in ('backbone', 'vim_backbone'):
+            vim = workload == 'vim_backbone'
+            model = model or ('LocalVim-T' if vim else 'LocalVMamba-T')
+            _, batch, size = (sz.vim_backbone if vim else sz.backbone)[0]
             return model, backbone_step(build_backbone(model, size).to(dev), batch, size, dev,
                                         dtype, train=True)
         model = model or next(iter(self.args.configs[workload]))
