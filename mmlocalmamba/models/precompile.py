@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from ..ops.triton.precompile import usable_cpus
+from ..ops.triton.precompile import claim_backward, usable_cpus
 
 __all__ = ['precompile_pre_hook', 'precompile_workers', 'PRECOMPILE_TIMEOUT_S']
 
@@ -68,6 +68,7 @@ def _recording_run(module: nn.Module, x: torch.Tensor, backward: bool) -> None:
             wrt += [dummy] if dummy.requires_grad else []
             if outs and wrt:
                 total = sum(t.float().sum() for t in outs)
+                claim_backward(total)  # CUDA backward runs on autograd's device thread
                 torch.autograd.grad(total, wrt, allow_unused=True)
     with torch.no_grad():
         for b, saved in buffers:

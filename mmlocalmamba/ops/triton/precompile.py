@@ -13,7 +13,10 @@ half a minute on one core, and three backward variants take two thirds of it.
    constexprs, alignment attributes, options), the input of ``JITFunction.preload``. A skipped
    launch leaves its output buffers as allocated, so ``run`` must not depend on their values
    (the launchers and models never read tensor values on the host). Variants already compiled
-   in this process launch for real.
+   in this process launch for real. Triton's hook is process-wide: only launches of the
+   calling thread are taken, and those of the backward passes ``run`` starts through
+   :func:`claim_backward` (autograd runs the backward of CUDA tensors on its own device
+   thread).
 2. The recorded variants are compiled by ``workers`` child processes (:mod:`.compile_worker`),
    the slowest kind (backward kernels) first. The children load only the kernel modules (no
    torch), compile for the parent's GPU target through ``JITFunction.preload`` and write to
@@ -37,8 +40,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['PrecompileReport', 'precompile', 'record_variants', 'compile_variants',
-           'usable_cpus']
+__all__ = ['PrecompileReport', 'precompile', 'record_variants', 'claim_backward',
+           'compile_variants', 'usable_cpus']
 
 #: Kernels of these modules are recorded (those of any other module compile as usual).
 KERNEL_PACKAGE = __name__.rpartition('.')[0] + '.'
@@ -98,32 +101,72 @@ def _hook_support() -> Optional[str]:
     return None
 
 
+class _Recording:
+    """The state of one :func:`record_variants` block."""
+
+    def __init__(self):
+        self.variants: List[Variant] = []
+        self.seen = set()
+        self.thread = threading.get_ident()
+        self.graph_tasks = set()  # autograd graph tasks claimed by claim_backward
+
+    def owns_this_launch(self) -> bool:
+        if threading.get_ident() == self.thread:
+            return True
+        if not self.graph_tasks:
+            return False
+        import torch
+        return torch._C._current_graph_task_id() in self.graph_tasks
+
+
+_ACTIVE = threading.local()  # .recording: the block the current thread is inside, if any
+
+
+def claim_backward(tensor) -> None:
+    """Within a :func:`record_variants` block, make the launches of the backward pass that
+    starts from ``tensor`` (``torch.autograd.grad(tensor, ...)`` or ``tensor.backward()``)
+    part of the recording, whichever thread autograd runs them on (for CUDA tensors its device
+    thread, not the caller's). Outside a block, or for a tensor without gradient, nothing
+    happens. Call it before starting the backward."""
+    recording = getattr(_ACTIVE, 'recording', None)
+    if recording is None or not getattr(tensor, 'requires_grad', False):
+        return
+    import torch
+
+    def claim(grad):  # runs first in the backward, inside its graph task
+        recording.graph_tasks.add(torch._C._current_graph_task_id())
+
+    tensor.register_hook(claim)
+
+
 @contextlib.contextmanager
 def record_variants(prefix: str = KERNEL_PACKAGE):
-    """Within the block, launches of the kernels of modules named ``prefix*`` from this thread
-    that would compile a new variant are skipped and recorded instead; yields the list they are
-    appended to (each variant once, in launch order). Other kernels, and launches from other
-    threads (Triton's hook is process-wide), compile and run as usual."""
+    """Within the block, launches of the kernels of modules named ``prefix*`` that would
+    compile a new variant are skipped and recorded instead, if they come from this thread or
+    from a backward pass claimed by :func:`claim_backward`; yields the list they are appended
+    to (each variant once, in launch order). Other kernels, and launches from other threads
+    (Triton's hook is process-wide), compile and run as usual."""
     from triton import knobs
     previous = knobs.runtime.jit_cache_hook
-    recorded: List[Variant] = []
-    seen = set()
-    thread = threading.get_ident()
+    recording = _Recording()
+    outer = getattr(_ACTIVE, 'recording', None)
 
     def hook(*args, fn, compile, **kwargs):
-        if fn.module.startswith(prefix) and threading.get_ident() == thread:
+        if fn.module.startswith(prefix) and recording.owns_this_launch():
             spec = compile['specialization_data']
-            if spec not in seen:
-                seen.add(spec)
-                recorded.append((fn.module, fn.name, spec))
+            if spec not in recording.seen:
+                recording.seen.add(spec)
+                recording.variants.append((fn.module, fn.name, spec))
             return True
         return previous(*args, fn=fn, compile=compile, **kwargs) if previous else None
 
     knobs.runtime.jit_cache_hook = hook
+    _ACTIVE.recording = recording
     try:
-        yield recorded
+        yield recording.variants
     finally:
         knobs.runtime.jit_cache_hook = previous
+        _ACTIVE.recording = outer
 
 
 def _cost_order(variants: Sequence[Variant]) -> List[int]:
