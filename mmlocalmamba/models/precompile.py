@@ -11,7 +11,7 @@ a minute on the H200 machine).
 
 The recording run leaves no trace: random generator states (drop path, dropout) and buffers
 are restored, gradients are taken with ``torch.autograd.grad`` (nothing accumulates in
-``.grad``). It is skipped under ``torch.compile`` tracing, for CPU inputs, for backbones whose
+``.grad``), outside autocast as a training loop takes them. It is skipped under ``torch.compile`` tracing, for CPU inputs, for backbones whose
 scan backend is not Triton, and with ``triton_precompile=False``.
 """
 import logging
@@ -69,7 +69,11 @@ def _recording_run(module: nn.Module, x: torch.Tensor, backward: bool) -> None:
             if outs and wrt:
                 total = sum(t.float().sum() for t in outs)
                 claim_backward(total)  # CUDA backward runs on autograd's device thread
-                torch.autograd.grad(total, wrt, allow_unused=True)
+                # Outside autocast, as training loops run it (the hook runs inside the
+                # forward's autocast region; autograd would carry that state into the
+                # backward, and the backward's matmuls would give other dtypes).
+                with torch.autocast(x.device.type, enabled=False):
+                    torch.autograd.grad(total, wrt, allow_unused=True)
     with torch.no_grad():
         for b, saved in buffers:
             b.copy_(saved)
