@@ -8,6 +8,8 @@ runs on the GPU instead) equal to eager, forward and backward, at two input size
 GPU (skipped on CPU): opcheck on CUDA tensors, Inductor-compiled models, no Triton compilation
 for a new input size.
 """
+import copy
+
 import pytest
 import torch
 
@@ -268,6 +270,26 @@ def test_compiled_models_on_cuda_equal_eager_and_new_sizes_compile_no_kernel():
             with torch.autocast('cuda', dtype=torch.bfloat16), torch.no_grad():
                 ref_bf16, out_bf16 = model(x), compiled(x)
             assert _worst(out_bf16, ref_bf16) < 2e-2, (name, height, width)
+
+
+@gpu
+def test_compiled_class_token_model_on_cuda_through_batch_size_changes():
+    """LocalVim with a middle class token, compiled through ``compile()``, at the sizes and
+    batches of tools/dev/memcheck.py: the batch size changes (2, 1, 2), the third call
+    recompiles with a dynamic batch, where Inductor of torch 2.11 failed (AssertionError in
+    its coalescing analysis, on the H200) without the options compile() adds."""
+    _, model, _ = _small_models()[2]
+    model = model.cuda()
+    compiled = copy.deepcopy(model)
+    compiled.compile()
+    torch._dynamo.reset()
+    for batch, (height, width) in ((2, (37, 53)), (1, (64, 96)), (2, (70, 45))):
+        x = torch.randn(batch, 3, height, width, device='cuda')
+        ref, gref = _fwd_bwd(model, x)
+        _, gpert = _fwd_bwd(model, _perturbed(x))
+        out, grads = _fwd_bwd(compiled, x)
+        assert _worst(out, ref) < 1e-5, (batch, height, width)
+        assert _worst(grads, gref) < 5 * _worst(gpert, gref) + 1e-5, (batch, height, width)
 
 
 @gpu

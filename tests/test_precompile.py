@@ -236,6 +236,36 @@ def test_the_recording_run_leaves_no_trace():
     assert torch.equal(model.counter, torch.zeros(3))
 
 
+def test_the_recording_run_takes_its_backward_outside_autocast():
+    """The pre-hook runs inside the forward's autocast region; a training loop runs the backward
+    outside it (mmengine's AMP wrapper does), and the recorded variants must be the ones that
+    backward launches (under autocast, the backward's matmuls give other dtypes: one LocalVim
+    variant differed and compiled in the launch on the H200)."""
+    states = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            states.append(torch.is_autocast_enabled('cpu'))
+            return grad * 2
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return Probe.apply(self.lin(x))
+
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        _recording_run(Net(), torch.randn(2, 4), backward=True)
+    assert states == [False]
+
+
 def test_cpu_calls_do_not_record_or_mark_anything():
     model = _small_vmamba()
     model(torch.randn(1, 3, 16, 16))

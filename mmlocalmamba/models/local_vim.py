@@ -537,6 +537,33 @@ class LocalVim(LocalMambaBackbone):
         warnings.warn(msg)
         print_log(msg, logger=logger, level=30)
 
+    # ----------------------------------------------------------------- compile
+    def compile(self, *args, **kwargs) -> None:
+        """``nn.Module.compile`` (``torch.compile`` of this module in place, same arguments).
+
+        With a middle class token and Inductor, the options of
+        :func:`~mmlocalmamba.models.compile_options.class_token_inductor_options` are added
+        (on torch 2.11 Inductor otherwise fails once the batch size becomes dynamic); options
+        given here win, a ``mode`` is turned into its options. ``torch.compile(model)`` called
+        directly needs them passed by hand: ``options=class_token_inductor_options()``.
+        """
+        if self.middle_cls_token and kwargs.get('backend', 'inductor') == 'inductor':
+            from .compile_options import class_token_inductor_options
+            options = dict(kwargs.get('options') or {})
+            added = {k: v for k, v in class_token_inductor_options().items()
+                     if k not in options}
+            if added:
+                mode = kwargs.pop('mode', None)
+                if mode is not None:
+                    from torch._inductor import list_mode_options
+                    options = {**list_mode_options(mode, kwargs.get('dynamic')), **options}
+                kwargs['options'] = {**options, **added}
+                print_log(f'{type(self).__name__}.compile: added the Inductor options {added} '
+                          f'(torch {torch.__version__} fails on the class-token sequence with '
+                          f'a dynamic batch; mmlocalmamba.models.compile_options).',
+                          logger='current')
+        super().compile(*args, **kwargs)
+
     # ----------------------------------------------------------------- forward
     def _pos_embed_for(self, hw: Tuple[int, int]) -> torch.Tensor:
         if hw == self.grid_size:

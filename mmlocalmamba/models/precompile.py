@@ -11,8 +11,9 @@ a minute on the H200 machine).
 
 The recording run leaves no trace: random generator states (drop path, dropout) and buffers
 are restored, gradients are taken with ``torch.autograd.grad`` (nothing accumulates in
-``.grad``), outside autocast as a training loop takes them. It is skipped under ``torch.compile`` tracing, for CPU inputs, for backbones whose
-scan backend is not Triton, and with ``triton_precompile=False``.
+``.grad``), outside autocast as a training loop takes them. It is skipped under
+``torch.compile`` tracing, for CPU inputs, for backbones whose scan backend is not Triton, and
+with ``triton_precompile=False``.
 """
 import logging
 import os
