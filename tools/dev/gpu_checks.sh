@@ -12,7 +12,8 @@
 #   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
 #   bench    tools/benchmark.py --what compile (first calls with and without precompilation,
 #            compiled training and Mask R-CNN steps) and --what vim,det_vim, alone on the machine.
-# If ./.whl holds the wheels of ../shared/wheels/gpu-cp312 (carried), they are installed first.
+# The wheels of ../shared/wheels/gpu-cp312 are installed first, from ./.whl (carried) or from a
+# shared/ folder in the checkout root (which the device copies; it also gives the goldens).
 set -u
 OUT=${1:?usage: gpu_checks.sh OUT_DIR [PHASES]}
 PHASES=${2:-tests,memcheck,train,bench}
@@ -28,10 +29,14 @@ step() {  # step NAME LIMIT_S COMMAND...: log to NAME.log, exit status and secon
 }
 date -u
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+WHEELS=.whl
+[ -d shared/wheels/gpu-cp312 ] && ! compgen -G ".whl/*.whl" > /dev/null && WHEELS=shared/wheels/gpu-cp312
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
+# The golden fixtures: ../shared is not on the device; a shared/ in the checkout root is copied.
+[ -d shared/reference ] && export MMLOCALMAMBA_REFERENCE=$PWD/shared/reference
 python3 -c "import sys, torch, triton; print(sys.version, torch.__version__, triton.__version__)"
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs)
 if has tests; then
@@ -63,6 +68,7 @@ if has bench; then
     --compile-parts triton,cls_train,det --json "$OUT/bench_compile.json" \
     --md "$OUT/bench_compile.md"
   step bench_vim 900 python3 tools/benchmark.py --what vim,det_vim \
+    --profile vim,vim_infer,vim_backbone,vim:LocalVim-S --profile-host \
     --json "$OUT/bench_vim.json" --md "$OUT/bench_vim.md"
 fi
 rm -rf "$OUT"/cache_* "$OUT/train_compile"/*.pth
