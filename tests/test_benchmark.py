@@ -459,6 +459,39 @@ def test_compile_section_plumbing_on_the_cpu(tmp_path, monkeypatch):
     assert '| 48×96 | in the launch, one after another | 1.0 | 100 | 0 |' in text
 
 
+def test_localvim_compile_parts_compile_the_classifier_in_place(tmp_path, monkeypatch):
+    """``--compile-parts vim_infer,vim_train``: LocalVim-T through its own ``compile()`` (the
+    Inductor options it needs), with the mode asked for (e.g. reduce-overhead: CUDA graphs)."""
+    built = []
+
+    def build(name, size=224):
+        built.append((name, _TinyClassifier()))
+        return built[-1][1]
+
+    calls = []
+    original = torch.nn.Module.compile
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **{**kwargs, 'mode': None})
+
+    monkeypatch.setattr(cli, 'build_classifier', build)
+    monkeypatch.setattr(torch.nn.Module, 'compile', spy)
+    args = cpu_args(tmp_path, '--what', 'compile', '--compile-parts', 'vim_infer,vim_train',
+                    '--compile-backend', 'eager', '--compile-mode', 'reduce-overhead')
+    cli.Run(args, log=lambda msg: None).run_sections()
+    comp = json.load(open(args.json))['compile']
+    assert set(comp) == {'vim_infer', 'vim_train'}
+    for key, what in (('vim_infer', 'inference'), ('vim_train', 'training fwd+bwd')):
+        part = comp[key]
+        assert 'error' not in part, part.get('error')
+        assert len(part['compiled_ms']) == 2
+        assert part['work'] == f'LocalVim-T classification {what} b2 (ms)'
+        assert part['compiled'] == "classifier.compile(mode='reduce-overhead')"
+    assert [name for name, _ in built] == ['LocalVim-T'] * 2
+    assert calls == [dict(backend='eager', mode='reduce-overhead')] * 2
+
+
 def test_profiles_of_a_run_go_to_the_json(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, 'build_classifier', lambda name, size=224: _TinyClassifier())
     monkeypatch.setattr(cli.Run, 'train_step',

@@ -19,7 +19,8 @@
              ``copy_tbps``; CUDA only)
 ``compile``  eager vs ``torch.compile`` (classification inference and training, Mask R-CNN step
              with the backbone compiled) at two sizes, and the first fwd + bwd at three
-             detection shapes on a fresh Triton cache (``compile``)
+             detection shapes on a fresh Triton cache (``compile``); ``--compile-parts
+             vim_infer,vim_train``: LocalVim-T classification through its ``compile()``
 =========== ================================================================================
 
 ``all`` runs them in this order; ``models`` is ``cls,backbone``. After each section the JSON
@@ -53,7 +54,10 @@ SWIN_CLS = ('LocalVMamba-T', 'LocalVMamba-S', 'Swin-T', 'Swin-S', 'ConvNeXt-T')
 VIM_CLS = ('LocalVim-T', 'LocalVim-S', 'DeiT-T', 'DeiT-S')
 # the fresh-cache process first: a crash of a compiled model can leave this process' CUDA
 # context unusable for what follows
-COMPILE_PARTS = ('triton', 'cls_infer', 'cls_train', 'det')
+COMPILE_PARTS = ('triton', 'cls_infer', 'cls_train', 'det', 'vim_infer', 'vim_train')
+#: what ``--compile-parts`` runs by default (``vim_*``: LocalVim-T, e.g. with
+#: ``--compile-mode reduce-overhead`` for CUDA graphs)
+DEFAULT_COMPILE_PARTS = ('triton', 'cls_infer', 'cls_train', 'det')
 #: keys of the parts in the result's ``compile`` dictionary (the others: the part's name)
 COMPILE_KEYS = {'triton': 'triton_first_call'}
 PROFILES = ('cls', 'cls_infer', 'backbone', 'det', 'seg', 'vim', 'vim_infer', 'vim_backbone',
@@ -133,8 +137,9 @@ def parser() -> argparse.ArgumentParser:
                    help='use another config for a train-step row, e.g. '
                    'det:LocalVMamba-T=configs/mmdet/maskrcnn_localvmamba_s.py (repeatable; a new '
                    'MODEL adds a row)')
-    p.add_argument('--compile-parts', default=','.join(COMPILE_PARTS),
-                   help='parts of the compile section: %(default)s')
+    p.add_argument('--compile-parts', default=','.join(DEFAULT_COMPILE_PARTS),
+                   help=f'parts of the compile section (default %(default)s; all: '
+                   f'{",".join(COMPILE_PARTS)})')
     p.add_argument('--compile-backend', default='inductor', help='torch.compile backend')
     p.add_argument('--compile-mode', default=None, help='torch.compile mode (default: default)')
     p.add_argument('--profile', default='', metavar='WORKLOAD[:MODEL],...',
@@ -393,23 +398,29 @@ class Run:
         return torch.compile(module, backend=self.args.compile_backend,
                              mode=self.args.compile_mode)
 
-    def _compile_cls(self, train: bool) -> dict:
+    def _compile_cls(self, train: bool, name: str = 'LocalVMamba-T') -> dict:
         from .compiling import compile_pair
         sz, dev, args = self.sizes, self.device, self.args
-        holder = dict(model=build_classifier('LocalVMamba-T', sz.cls_size).to(dev))
+        holder = dict(model=build_classifier(name, sz.cls_size).to(dev))
+        in_place = name.startswith('LocalVim')  # its compile() adds the options it needs
 
         def make_step(size):
             return cls_step(holder['model'], sz.cls_batch, size[0], dev, args.dtype, train)
 
         def compile_fn():
-            holder['model'] = self._compile(holder['model'])
+            if in_place:
+                holder['model'].compile(backend=args.compile_backend, mode=args.compile_mode)
+            else:
+                holder['model'] = self._compile(holder['model'])
 
         out = compile_pair(make_step, compile_fn, [(sz.cls_size, sz.cls_size),
                                                    (sz.cls_size2, sz.cls_size2)],
                            dev, args.iters, args.warmup)
         what = 'training fwd+bwd' if train else 'inference'
-        out.update(work=f'LocalVMamba-T classification {what} b{sz.cls_batch} (ms)',
-                   compiled='torch.compile(classifier)', batch=sz.cls_batch)
+        mode = f', mode={args.compile_mode!r}' if args.compile_mode else ''
+        out.update(work=f'{name} classification {what} b{sz.cls_batch} (ms)',
+                   compiled=(f'classifier.compile({mode[2:]})' if in_place else
+                             f'torch.compile(classifier{mode})'), batch=sz.cls_batch)
         return out
 
     def compile_cls_infer(self):
@@ -417,6 +428,12 @@ class Run:
 
     def compile_cls_train(self):
         return self._compile_cls(train=True)
+
+    def compile_vim_infer(self):
+        return self._compile_cls(train=False, name='LocalVim-T')
+
+    def compile_vim_train(self):
+        return self._compile_cls(train=True, name='LocalVim-T')
 
     def compile_det(self):
         from .compiling import compile_pair
