@@ -70,6 +70,9 @@ if has bench; then
   step bench_vim 900 python3 tools/benchmark.py --what vim,det_vim \
     --profile vim,vim_infer,vim_backbone,vim:LocalVim-S --profile-host \
     --json "$OUT/bench_vim.json" --md "$OUT/bench_vim.md"
+  step bench_vim_graphs 900 python3 tools/benchmark.py --what compile \
+    --compile-parts vim_infer,vim_train --compile-mode reduce-overhead \
+    --json "$OUT/bench_vim_graphs.json" --md "$OUT/bench_vim_graphs.md"
 fi
 rm -rf "$OUT"/cache_* "$OUT/train_compile"/*.pth
 date -u
