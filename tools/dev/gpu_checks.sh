@@ -11,7 +11,8 @@
 #            process each: eager, and each model compiled; MEMCHECK_LIMIT_S, default 840);
 #   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
 #   bench    tools/benchmark.py --what compile (first calls with and without precompilation,
-#            compiled training and Mask R-CNN steps) and --what vim,det_vim, alone on the machine.
+#            compiled training and Mask R-CNN steps), --what vim,det_vim with profiles, and
+#            LocalVim-T compiled with CUDA graphs (reduce-overhead), alone on the machine.
 # The wheels of ../shared/wheels/gpu-cp312 are installed first, from ./.whl (carried) or from a
 # shared/ folder in the checkout root (which the device copies; it also gives the goldens).
 set -u
