@@ -98,19 +98,18 @@ class MultiScan(nn.Module):
             if ys.dtype != dtype and ys.is_floating_point() and not torch.is_autocast_enabled(
                     ys.device.type):
                 ys = ys.to(dtype)
-            if not self.search:
-                # one SCAttn call on (B*K, L, C) instead of K (the gate's mean is per (b, k)):
-                # a fifth of the kernel launches; the K outputs are added in the same order
-                gated = attn(ys.flatten(0, 1)).unflatten(0, ys.shape[:2])
-                out = gated[:, 0]
-                for k in range(1, gated.shape[1]):
-                    out = out + gated[:, k]
-                return out
-            ys = ys.unbind(1)
+            if self.search:
+                ys = ys.unbind(1)
         if not self.search:
-            out = attn(ys[0])
-            for y in ys[1:]:
-                out = out + attn(y)
+            if isinstance(ys, torch.Tensor):
+                # one SCAttn call on (B*K, L, C) instead of K (the gate's mean is per (b, k)):
+                # a fifth of the kernel launches
+                gated = attn(ys.flatten(0, 1)).unflatten(0, ys.shape[:2]).unbind(1)
+            else:
+                gated = [attn(y) for y in ys]
+            out = gated[0]
+            for g in gated[1:]:
+                out = out + g
             return out
         probs = torch.softmax(self.weights, dim=0)
         out = 0

@@ -401,26 +401,21 @@ class Run:
     def _compile_cls(self, train: bool, name: str = 'LocalVMamba-T') -> dict:
         from .compiling import compile_pair
         sz, dev, args = self.sizes, self.device, self.args
-        holder = dict(model=build_classifier(name, sz.cls_size).to(dev))
-        in_place = name.startswith('LocalVim')  # its compile() adds the options it needs
+        model = build_classifier(name, sz.cls_size).to(dev)
 
         def make_step(size):
-            return cls_step(holder['model'], sz.cls_batch, size[0], dev, args.dtype, train)
+            return cls_step(model, sz.cls_batch, size[0], dev, args.dtype, train)
 
-        def compile_fn():
-            if in_place:
-                holder['model'].compile(backend=args.compile_backend, mode=args.compile_mode)
-            else:
-                holder['model'] = self._compile(holder['model'])
+        def compile_fn():  # in place: a model's compile() adds the options it needs
+            model.compile(backend=args.compile_backend, mode=args.compile_mode)
 
         out = compile_pair(make_step, compile_fn, [(sz.cls_size, sz.cls_size),
                                                    (sz.cls_size2, sz.cls_size2)],
                            dev, args.iters, args.warmup)
         what = 'training fwd+bwd' if train else 'inference'
-        mode = f', mode={args.compile_mode!r}' if args.compile_mode else ''
+        mode = f'mode={args.compile_mode!r}' if args.compile_mode else ''
         out.update(work=f'{name} classification {what} b{sz.cls_batch} (ms)',
-                   compiled=(f'classifier.compile({mode[2:]})' if in_place else
-                             f'torch.compile(classifier{mode})'), batch=sz.cls_batch)
+                   compiled=f'classifier.compile({mode})', batch=sz.cls_batch)
         return out
 
     def compile_cls_infer(self):
