@@ -10,9 +10,12 @@
 #   memcheck compute-sanitizer memcheck of every kernel, eager and under torch.compile (one
 #            process each: eager, and each model compiled; MEMCHECK_LIMIT_S, default 840);
 #   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
-#   bench    tools/benchmark.py --what compile (first calls with and without precompilation,
-#            compiled training and Mask R-CNN steps), --what vim,det_vim with profiles, and
-#            LocalVim-T compiled with CUDA graphs (reduce-overhead), alone on the machine.
+#   bench    tools/benchmark.py, alone on the machine: --what compile (first calls with and
+#            without precompilation, compiled training and Mask R-CNN steps; bench_compile),
+#            --what vim,det_vim with profiles (bench_vim), and LocalVim-T compiled with CUDA
+#            graphs, reduce-overhead (bench_vim_graphs); each of the three is a phase too.
+# MEMCHECK_PARTS (default eager,vmamba,vim,vim_cls) picks the memcheck processes; WAIT_FOR names
+# a file to wait for before the bench phase (another job's ALLDONE, so the timings run alone).
 # The wheels of ../shared/wheels/gpu-cp312 are installed first, from ./.whl (carried) or from a
 # shared/ folder in the checkout root (which the device copies; it also gives the goldens).
 set -u
@@ -51,8 +54,10 @@ if has tests; then
 fi
 if has memcheck; then  # eager, then each model compiled, in parallel (the sanitizer is slow)
   MEMCHECK=(compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/dev/memcheck.py)
-  step memcheck_eager "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" &
+  PARTS=",${MEMCHECK_PARTS:-eager,vmamba,vim,vim_cls},"
+  [[ $PARTS == *,eager,* ]] && step memcheck_eager "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" &
   for model in vmamba vim vim_cls; do
+    [[ $PARTS == *",$model,"* ]] || continue
     step "memcheck_compiled_$model" "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" --only-compiled \
       --models "$model" &
   done
@@ -64,13 +69,20 @@ if has train; then
     --work-dir "$OUT/train_compile" --cfg-options compile=True train_cfg.max_epochs=1 &
 fi
 wait
-if has bench; then
+if [ -n "${WAIT_FOR:-}" ]; then
+  while [ ! -e "$WAIT_FOR" ]; do sleep 5; done
+fi
+if has bench || has bench_compile; then
   step bench_compile 900 python3 tools/benchmark.py --what compile \
     --compile-parts triton,cls_train,det --json "$OUT/bench_compile.json" \
     --md "$OUT/bench_compile.md"
+fi
+if has bench || has bench_vim; then
   step bench_vim 900 python3 tools/benchmark.py --what vim,det_vim \
     --profile vim,vim_infer,vim_backbone,vim:LocalVim-S --profile-host \
     --json "$OUT/bench_vim.json" --md "$OUT/bench_vim.md"
+fi
+if has bench || has bench_vim_graphs; then
   step bench_vim_graphs 900 python3 tools/benchmark.py --what compile \
     --compile-parts vim_infer,vim_train --compile-mode reduce-overhead \
     --json "$OUT/bench_vim_graphs.json" --md "$OUT/bench_vim_graphs.md"
