@@ -23,6 +23,16 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: takes more than about a minute on 2 CPU cores')
 
 
+def pytest_runtest_logreport(report):
+    """With ``MMLOCALMAMBA_FAILURE_LOG`` set (tools/dev/gpu_checks.sh sets it), each failure's
+    report is appended to that file the moment it happens: a run stopped at its time limit
+    prints no summary, and on the GPU machine that lost the only trace of a failure."""
+    path = os.environ.get('MMLOCALMAMBA_FAILURE_LOG')
+    if path and report.failed:
+        with open(path, 'a') as f:
+            f.write(f'==== {report.nodeid} ({report.when})\n{report.longreprtext}\n')
+
+
 def _gpu_kernels_usable() -> bool:
     if not torch.cuda.is_available():
         return False

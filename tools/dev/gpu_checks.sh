@@ -5,8 +5,9 @@
 #
 # then poll for OUT_DIR/ALLDONE and pack OUT_DIR (one log and one .rc per step). PHASES is a
 # comma-separated subset of (default: all, in this order)
-#   tests    the GPU parity suites in three parallel pytest processes (compile-bound: Triton
-#            and Inductor compile on the CPU cores), beside the next two;
+#   tests    the GPU parity suites in four parallel pytest processes (compile-bound: Triton
+#            and Inductor compile on the CPU cores), beside the next two; each failure's report
+#            is also written at once to NAME.failures (a step stopped at its limit prints none);
 #   memcheck compute-sanitizer memcheck of every kernel, eager and under torch.compile (one
 #            process each: eager, and each model compiled; MEMCHECK_LIMIT_S, default 840);
 #   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
@@ -44,16 +45,20 @@ fi
 python3 -c "import sys, torch, triton; print(sys.version, torch.__version__, triton.__version__)"
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs)
 if has tests; then
-  step pytest_scan 900 env TRITON_CACHE_DIR="$OUT/cache_scan" "${PYTEST[@]}" \
-    tests/test_triton_scan.py &
-  step pytest_vim 900 env TRITON_CACHE_DIR="$OUT/cache_vim" "${PYTEST[@]}" \
-    tests/test_triton_vim.py tests/test_gpu_goldens.py &
-  step pytest_rest 900 env TRITON_CACHE_DIR="$OUT/cache_rest" "${PYTEST[@]}" \
-    tests/test_precompile.py tests/test_custom_ops.py tests/test_triton_merge.py \
-    tests/test_gpu_backbone.py &
+  pytest_step() {  # pytest_step NAME TEST_FILES...: failures also go to NAME.failures at once
+    local name=$1
+    shift
+    step "$name" 900 env TRITON_CACHE_DIR="$OUT/cache_$name" \
+      MMLOCALMAMBA_FAILURE_LOG="$OUT/$name.failures" "${PYTEST[@]}" "$@"
+  }
+  pytest_step pytest_scan tests/test_triton_scan.py &
+  pytest_step pytest_vim tests/test_triton_vim.py tests/test_gpu_goldens.py &
+  pytest_step pytest_compile tests/test_precompile.py tests/test_custom_ops.py &
+  pytest_step pytest_rest tests/test_triton_merge.py tests/test_gpu_backbone.py &
 fi
 if has memcheck; then  # eager, then each model compiled, in parallel (the sanitizer is slow)
-  MEMCHECK=(compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/dev/memcheck.py)
+  MEMCHECK=(compute-sanitizer --tool memcheck --error-exitcode 1 python3 -X faulthandler
+    tools/dev/memcheck.py)
   PARTS=",${MEMCHECK_PARTS:-eager,vmamba,vim,vim_cls},"
   [[ $PARTS == *,eager,* ]] && step memcheck_eager "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" &
   for model in vmamba vim vim_cls; do
