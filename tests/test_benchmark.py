@@ -492,6 +492,64 @@ def test_localvim_compile_parts_compile_the_classifier_in_place(tmp_path, monkey
     assert calls == [dict(backend='eager', mode='reduce-overhead')] * 2
 
 
+class _TinyBackbone(torch.nn.Module):
+    """Two feature maps of any input: stands in for the LocalVim-T / ViT-Ti backbones."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y, y.mean((2, 3))
+
+
+def test_peer_and_backbone_compile_parts(tmp_path, monkeypatch):
+    """``deit_*`` compile DeiT-T as ``vim_*`` compile LocalVim-T, and ``vim_backbone`` /
+    ``vit_backbone`` the two backbones at the one LSJ size, each in place through its
+    ``compile()`` with the mode asked for: the compiled peers of the LocalVim rows."""
+    built = []
+
+    def build(kind):
+        def make(name, size=224):
+            built.append((kind, name, size))
+            return _TinyClassifier() if kind == 'cls' else _TinyBackbone()
+        return make
+
+    calls = []
+    original = torch.nn.Module.compile
+
+    def spy(self, *args, **kwargs):
+        calls.append((type(self).__name__, kwargs))
+        return original(self, *args, **{**kwargs, 'mode': None})
+
+    monkeypatch.setattr(cli, 'build_classifier', build('cls'))
+    monkeypatch.setattr(cli, 'build_backbone', build('backbone'))
+    monkeypatch.setattr(torch.nn.Module, 'compile', spy)
+    args = cpu_args(tmp_path, '--what', 'compile', '--compile-parts',
+                    'deit_infer,deit_train,vim_backbone,vit_backbone', '--compile-backend',
+                    'eager', '--compile-mode', 'max-autotune-no-cudagraphs')
+    cli.Run(args, log=lambda msg: None).run_sections()
+    comp = json.load(open(args.json))['compile']
+    assert set(comp) == {'deit_infer', 'deit_train', 'vim_backbone', 'vit_backbone'}
+    assert built == [('cls', 'DeiT-T', 64), ('cls', 'DeiT-T', 64),
+                     ('backbone', 'LocalVim-T', (64, 64)), ('backbone', 'ViT-Ti', (64, 64))]
+    for key, work in (('deit_infer', 'DeiT-T classification inference b2 (ms)'),
+                      ('deit_train', 'DeiT-T classification training fwd+bwd b2 (ms)'),
+                      ('vim_backbone', 'LocalVim-T backbone fwd+bwd b1 (ms)'),
+                      ('vit_backbone', 'ViT-Ti backbone fwd+bwd b1 (ms)')):
+        part = comp[key]
+        assert 'error' not in part, part.get('error')
+        assert part['work'] == work
+        assert len(part['eager_ms']) == len(part['compiled_ms']) == (
+            2 if key.startswith('deit') else 1)
+    assert comp['vim_backbone']['sizes'] == [[64, 64]]
+    assert comp['vim_backbone']['compiled'] == "backbone.compile(mode='max-autotune-no-cudagraphs')"
+    assert calls == [(kind, dict(backend='eager', mode='max-autotune-no-cudagraphs'))
+                     for kind in ['_TinyClassifier'] * 2 + ['_TinyBackbone'] * 2]
+    assert '| LocalVim-T backbone fwd+bwd b1 (ms) | 64×64 |' in open(args.md).read()
+
+
 def test_profiles_of_a_run_go_to_the_json(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, 'build_classifier', lambda name, size=224: _TinyClassifier())
     monkeypatch.setattr(cli.Run, 'train_step',

@@ -13,8 +13,9 @@
 #   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
 #   bench    tools/benchmark.py, alone on the machine: --what compile (first calls with and
 #            without precompilation, compiled training and Mask R-CNN steps; bench_compile),
-#            --what vim,det_vim with profiles (bench_vim), and LocalVim-T compiled with CUDA
-#            graphs, reduce-overhead (bench_vim_graphs); each of the three is a phase too.
+#            --what vim,det_vim with profiles (bench_vim), and LocalVim-T with its peers (DeiT-T,
+#            and at 1024² ViT-Ti) compiled with CUDA graphs, reduce-overhead (bench_vim_graphs);
+#            each of the three is a phase too.
 # MEMCHECK_PARTS (default eager,vmamba,vim,vim_cls) picks the memcheck processes; WAIT_FOR names
 # a file to wait for before the bench phase (another job's ALLDONE, so the timings run alone).
 # The wheels of ../shared/wheels/gpu-cp312 are installed first, from ./.whl (carried) or from a
@@ -89,7 +90,8 @@ if has bench || has bench_vim; then
 fi
 if has bench || has bench_vim_graphs; then
   step bench_vim_graphs 900 python3 tools/benchmark.py --what compile \
-    --compile-parts vim_infer,vim_train --compile-mode reduce-overhead \
+    --compile-parts vim_infer,deit_infer,vim_train,deit_train,vim_backbone,vit_backbone \
+    --compile-mode reduce-overhead \
     --json "$OUT/bench_vim_graphs.json" --md "$OUT/bench_vim_graphs.md"
 fi
 rm -rf "$OUT"/cache_* "$OUT/train_compile"/*.pth

@@ -20,7 +20,10 @@
 ``compile``  eager vs ``torch.compile`` (classification inference and training, Mask R-CNN step
              with the backbone compiled) at two sizes, and the first fwd + bwd at three
              detection shapes on a fresh Triton cache (``compile``); ``--compile-parts
-             vim_infer,vim_train``: LocalVim-T classification through its ``compile()``
+             vim_infer,vim_train``: LocalVim-T classification through its ``compile()``,
+             ``deit_infer,deit_train`` DeiT-T the same way, ``vim_backbone,vit_backbone``
+             the LocalVim-T / ViT-Ti backbones' fwd+bwd at batch 2, 1024² (peers compiled
+             as the LocalVim rows are, for same-run ratios)
 =========== ================================================================================
 
 ``all`` runs them in this order; ``models`` is ``cls,backbone``. After each section the JSON
@@ -54,9 +57,11 @@ SWIN_CLS = ('LocalVMamba-T', 'LocalVMamba-S', 'Swin-T', 'Swin-S', 'ConvNeXt-T')
 VIM_CLS = ('LocalVim-T', 'LocalVim-S', 'DeiT-T', 'DeiT-S')
 # the fresh-cache process first: a crash of a compiled model can leave this process' CUDA
 # context unusable for what follows
-COMPILE_PARTS = ('triton', 'cls_infer', 'cls_train', 'det', 'vim_infer', 'vim_train')
+COMPILE_PARTS = ('triton', 'cls_infer', 'cls_train', 'det', 'vim_infer', 'vim_train',
+                 'deit_infer', 'deit_train', 'vim_backbone', 'vit_backbone')
 #: what ``--compile-parts`` runs by default (``vim_*``: LocalVim-T, e.g. with
-#: ``--compile-mode reduce-overhead`` for CUDA graphs)
+#: ``--compile-mode reduce-overhead`` for CUDA graphs; ``deit_*`` and ``vit_backbone``: its
+#: peers compiled the same way, for same-run ratios of compiled models)
 DEFAULT_COMPILE_PARTS = ('triton', 'cls_infer', 'cls_train', 'det')
 #: keys of the parts in the result's ``compile`` dictionary (the others: the part's name)
 COMPILE_KEYS = {'triton': 'triton_first_call'}
@@ -429,6 +434,38 @@ class Run:
 
     def compile_vim_train(self):
         return self._compile_cls(train=True, name='LocalVim-T')
+
+    def compile_deit_infer(self):
+        return self._compile_cls(train=False, name='DeiT-T')
+
+    def compile_deit_train(self):
+        return self._compile_cls(train=True, name='DeiT-T')
+
+    def _compile_backbone(self, name: str) -> dict:
+        """A backbone's forward + backward at the LocalVim detection size (``vim_backbone``:
+        batch 2, 1024², one size: LSJ crops to it), eager and compiled in place."""
+        from .compiling import compile_pair
+        dev, args = self.device, self.args
+        (_, batch, size), = self.sizes.vim_backbone
+        model = build_backbone(name, size).to(dev)
+
+        def make_step(shape):
+            return backbone_step(model, batch, shape, dev, args.dtype, train=True)
+
+        def compile_fn():
+            model.compile(backend=args.compile_backend, mode=args.compile_mode)
+
+        out = compile_pair(make_step, compile_fn, [size], dev, args.iters, args.warmup)
+        mode = f'mode={args.compile_mode!r}' if args.compile_mode else ''
+        out.update(work=f'{name} backbone fwd+bwd b{batch} (ms)',
+                   compiled=f'backbone.compile({mode})', batch=batch)
+        return out
+
+    def compile_vim_backbone(self):
+        return self._compile_backbone('LocalVim-T')
+
+    def compile_vit_backbone(self):
+        return self._compile_backbone('ViT-Ti')
 
     def compile_det(self):
         from .compiling import compile_pair
