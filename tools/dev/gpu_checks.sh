@@ -9,7 +9,8 @@
 #            and Inductor compile on the CPU cores), beside the next two; each failure's report
 #            is also written at once to NAME.failures (a step stopped at its limit prints none);
 #   memcheck compute-sanitizer memcheck of every kernel, eager and under torch.compile (one
-#            process each: eager, and each model compiled; MEMCHECK_LIMIT_S, default 840);
+#            process each: eager, and each model compiled, after a warm-up run without the
+#            sanitizer; MEMCHECK_LIMIT_S, default 840);
 #   train    tools/train.py --amp with compile=True on the demo Mask R-CNN (one epoch);
 #   bench    tools/benchmark.py, alone on the machine: --what compile (first calls with and
 #            without precompilation, compiled training and Mask R-CNN steps; bench_compile),
@@ -62,10 +63,19 @@ if has memcheck; then  # eager, then each model compiled, in parallel (the sanit
     tools/dev/memcheck.py)
   PARTS=",${MEMCHECK_PARTS:-eager,vmamba,vim,vim_cls},"
   [[ $PARTS == *,eager,* ]] && step memcheck_eager "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" &
-  for model in vmamba vim vim_cls; do
-    [[ $PARTS == *",$model,"* ]] || continue
+  # Each compiled part runs once without the sanitizer first (MEMCHECK_WARM=0: not): it fills
+  # Inductor's and Triton's caches, so the sanitizer run launches the same kernels without
+  # compiling them under the sanitizer. Twice (sessions 5 and 6) the compiled class-token
+  # part crashed (SIGSEGV, no sanitizer report) ~35 s into a cold run and passed warm.
+  memcheck_compiled() {
+    local model=$1
+    [ "${MEMCHECK_WARM:-1}" = 1 ] && step "memcheck_warm_$model" 600 python3 \
+      tools/dev/memcheck.py --only-compiled --models "$model"
     step "memcheck_compiled_$model" "${MEMCHECK_LIMIT_S:-840}" "${MEMCHECK[@]}" --only-compiled \
-      --models "$model" &
+      --models "$model"
+  }
+  for model in vmamba vim vim_cls; do
+    [[ $PARTS == *",$model,"* ]] && memcheck_compiled "$model" &
   done
 fi
 if has train; then
