@@ -310,6 +310,17 @@ def test_first_gpu_call_precompiles_everything_it_needs(arch, tmp_path, monkeypa
         return reports[-1]
 
     monkeypatch.setattr(ops_precompile, 'precompile', spy)
+    # Every variant a launch compiles or loads from the file cache in this process (the hook
+    # sees each before it compiles; the recording run's own hook passes on what it does not
+    # take): what the real call launched, to name a variant the recording missed.
+    launched = []
+
+    def observe(*args, fn, compile, **kwargs):
+        if fn.module.startswith(ops_precompile.KERNEL_PACKAGE):
+            launched.append((fn.module, fn.name, compile['specialization_data']))
+        return None
+
+    monkeypatch.setattr(knobs.runtime, 'jit_cache_hook', observe)
     if arch == 'vmamba':
         make = lambda flag: _small_vmamba(triton_precompile=flag)  # noqa: E731
         x = torch.randn(2, 3, 37, 53, device='cuda')
@@ -329,15 +340,20 @@ def test_first_gpu_call_precompiles_everything_it_needs(arch, tmp_path, monkeypa
         results.append([o.detach() for o in out] + [p.grad for p in m.parameters()])
         if m is model:
             (report, ) = reports
-            assert report.variants and not report.failed
-            assert len(report.compiled) == len(report.variants)
-            assert _kernel_entries(tmp_path) == len(report.variants)
+            assert report.variants and not report.failed, report.summary()
+            assert len(report.compiled) == len(report.variants), report.summary()
+            missed = [v for v in launched if v not in report.variants]
+            assert not missed, 'launched but not recorded:\n' + '\n'.join(map(str, missed)) + (
+                '\nrecorded:\n' + '\n'.join(map(str, report.variants)))
+            assert _kernel_entries(tmp_path) == len(report.variants), report.summary()
+            launched.clear()
     n_out = len(out)
     for a, b in zip(results[0][:n_out], results[1][:n_out]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for a, b in zip(results[0][n_out:], results[1][n_out:]):
-        assert (a is None) == (b is None)
-        assert a is None or rel_l2(a, b) < 1e-2
+    names = [name for name, _ in model.named_parameters()]
+    for name, a, b in zip(names, results[0][n_out:], results[1][n_out:]):
+        assert (a is None) == (b is None), name
+        assert a is None or rel_l2(a, b) < 1e-2, (name, rel_l2(a, b))
     with torch.autocast('cuda', dtype=torch.bfloat16):
         model(torch.randn(1, 3, 40, 45, device='cuda'))  # a new size: same kind of call
     assert len(reports) == 1
