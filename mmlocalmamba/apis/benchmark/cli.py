@@ -403,6 +403,17 @@ class Run:
         return torch.compile(module, backend=self.args.compile_backend,
                              mode=self.args.compile_mode)
 
+    def _compile_in_place(self, model: torch.nn.Module) -> Tuple[Callable[[], None], str]:
+        """``compile_fn`` for :func:`~.compiling.compile_pair`: ``model.compile`` with this
+        run's backend and mode, in place (a model's ``compile()`` adds the options it needs);
+        and the mode argument as the report writes it."""
+        args = self.args
+
+        def compile_fn():
+            model.compile(backend=args.compile_backend, mode=args.compile_mode)
+
+        return compile_fn, f'mode={args.compile_mode!r}' if args.compile_mode else ''
+
     def _compile_cls(self, train: bool, name: str = 'LocalVMamba-T') -> dict:
         from .compiling import compile_pair
         sz, dev, args = self.sizes, self.device, self.args
@@ -411,14 +422,11 @@ class Run:
         def make_step(size):
             return cls_step(model, sz.cls_batch, size[0], dev, args.dtype, train)
 
-        def compile_fn():  # in place: a model's compile() adds the options it needs
-            model.compile(backend=args.compile_backend, mode=args.compile_mode)
-
+        compile_fn, mode = self._compile_in_place(model)
         out = compile_pair(make_step, compile_fn, [(sz.cls_size, sz.cls_size),
                                                    (sz.cls_size2, sz.cls_size2)],
                            dev, args.iters, args.warmup)
         what = 'training fwd+bwd' if train else 'inference'
-        mode = f'mode={args.compile_mode!r}' if args.compile_mode else ''
         out.update(work=f'{name} classification {what} b{sz.cls_batch} (ms)',
                    compiled=f'classifier.compile({mode})', batch=sz.cls_batch)
         return out
@@ -452,11 +460,8 @@ class Run:
         def make_step(shape):
             return backbone_step(model, batch, shape, dev, args.dtype, train=True)
 
-        def compile_fn():
-            model.compile(backend=args.compile_backend, mode=args.compile_mode)
-
+        compile_fn, mode = self._compile_in_place(model)
         out = compile_pair(make_step, compile_fn, [size], dev, args.iters, args.warmup)
-        mode = f'mode={args.compile_mode!r}' if args.compile_mode else ''
         out.update(work=f'{name} backbone fwd+bwd b{batch} (ms)',
                    compiled=f'backbone.compile({mode})', batch=batch)
         return out
