@@ -5,6 +5,8 @@ See :mod:`mmlocalmamba.ops.triton.merge` for the passes and the tensors.
 import triton
 import triton.language as tl
 
+from .jit_keys import settle_cache_keys
+
 # The sequence length ``L`` changes with the input size and is not specialised (no new kernel
 # variant per image size); the strides are multiples of the channel count and stay specialised.
 
@@ -171,3 +173,7 @@ def _bwd_b_kernel(y_ptr, syb, syk, syl, syc, gate_ptr, dm_ptr, dacc_ptr, dy_ptr,
         dy_k += sdyk
         g_k += C
         dm_k += C
+
+
+# The cache keys, the same in every process whatever kernel runs first (see .jit_keys).
+settle_cache_keys(globals())

@@ -33,6 +33,8 @@ output at ``q = scatter[k, t]``. Steps at or past the direction's length leave t
 import triton
 import triton.language as tl
 
+from .jit_keys import settle_cache_keys
+
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -682,3 +684,7 @@ def scan_bwd_kernel(
     if not DELTA_FULL:
         tl.store(dw_ptr + (((bidx * num_seg + seg) * num_dirs + k) * RP + r) * num_ch + td,
                  dw_acc, mask=dmask)
+
+
+# The cache keys, the same in every process whatever kernel runs first (see .jit_keys).
+settle_cache_keys(globals())

@@ -30,6 +30,7 @@ path") for the design. Two families:
 import triton
 import triton.language as tl
 
+from .jit_keys import settle_cache_keys
 from .scan_kernels import (_SIZE_ARGS, _add_step_grads, _adjoint_step, _advance_state,
                            _bwd_segment_start, _delta, _fwd_step, _load_dskip, _load_in,
                            _load_vec, _prologue, _tok)
@@ -468,3 +469,7 @@ def vim_scan_bwd_kernel(
     if not DELTA_FULL:
         tl.store(dw_ptr + (((bidx * num_seg + seg) * num_dirs + k) * RP + r) * num_ch + td,
                  dw_acc, mask=dmask)
+
+
+# The cache keys, the same in every process whatever kernel runs first (see .jit_keys).
+settle_cache_keys(globals())
