@@ -112,6 +112,11 @@ def test_vim_projection_weight_layout():
     assert torch.equal(w[:, nstate:2 * nstate], xpw[:, rank + nstate:])
     assert torch.equal(w[:, 8:8 + rank], xpw[:, :rank])
     assert not w[:, 8 + rank:].any()
+    # rows of 32 + 8 values are padded to 48 (a multiple of 16: strides independent of the size)
+    xpw = torch.randn(2, 2 + 2 * 16, 5, dtype=torch.float64)
+    w = vim_projection_weight(xpw, 16)
+    assert w.shape == (2, 48, 5)
+    assert torch.equal(w[:, 32:34], xpw[:, :2]) and not w[:, 34:].any()
 
 
 def test_cpu_and_float64_keep_the_reference(monkeypatch):

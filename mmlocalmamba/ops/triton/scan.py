@@ -57,12 +57,33 @@ def _rank_pad(rank: int) -> int:
     return _pow2(rank, 8)
 
 
+#: x_dbl rows are padded with zero columns to a multiple of this many values. Triton specialises
+#: integer arguments on their divisibility by 16; the row stride and the batch / direction
+#: strides of the B, C and dt views are multiples of the row width (times step and batch
+#: counts), so with rows of a multiple of 16 they stay divisible at every image size and a new
+#: size compiles no new variant. The released models' rows already are (LocalVMamba-T / S:
+#: ``K (2N + RP)`` = 160 .. 384; LocalVim-T / S: 48, 64); smaller ones, e.g. 40 for ``d_state``
+#: 1 or LocalVim at width 128, gain the zero columns.
+ROW_ALIGN = 16
+
+
+def round_row(width: int) -> int:
+    """``width`` rounded up to a multiple of :data:`ROW_ALIGN`."""
+    return -(-width // ROW_ALIGN) * ROW_ALIGN
+
+
+def _dbl_width(num_dirs: int, nstate: int, rank: int) -> int:
+    """Columns of a LocalVMamba x_dbl row: ``K (2N + RP)``, padded (see :data:`ROW_ALIGN`)."""
+    return round_row(num_dirs * (2 * nstate + _rank_pad(rank)))
+
+
 def projection_weight(x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
     """(CT, D) weight whose product with the tokens gives ``x_dbl`` in the kernels' layout.
 
-    Columns of ``x_dbl`` (per token): ``[B (K*N) | C (K*N) | dt (K*RP)]``, direction-major, the
-    low-rank dt zero-padded to ``RP`` columns. B and C rows of a token are then 32-byte aligned
-    vectors, and the whole row is ``CT = K * (2N + RP)`` elements.
+    Columns of ``x_dbl`` (per token): ``[B (K*N) | C (K*N) | dt (K*RP) | 0]``, direction-major,
+    the low-rank dt zero-padded to ``RP`` columns. B and C rows of a token are then 32-byte
+    aligned vectors, and the whole row, ``K * (2N + RP)`` elements, is zero-padded to ``CT``, a
+    multiple of :data:`ROW_ALIGN`.
     """
     num_dirs, rows, num_ch = x_proj_weight.shape
     rank = rows - 2 * nstate
@@ -70,7 +91,9 @@ def projection_weight(x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
     w_b = x_proj_weight[:, rank:rank + nstate].reshape(num_dirs * nstate, num_ch)
     w_c = x_proj_weight[:, rank + nstate:].reshape(num_dirs * nstate, num_ch)
     w_dt = torch.nn.functional.pad(x_proj_weight[:, :rank], (0, 0, 0, rp - rank))
-    return torch.cat([w_b, w_c, w_dt.reshape(num_dirs * rp, num_ch)], 0)
+    weight = torch.cat([w_b, w_c, w_dt.reshape(num_dirs * rp, num_ch)], 0)
+    return torch.nn.functional.pad(
+        weight, (0, 0, 0, _dbl_width(num_dirs, nstate, rank) - weight.shape[0]))
 
 
 def project(x_cl: torch.Tensor, x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
@@ -548,7 +571,8 @@ def _scan_problem(x_cl, x_dbl, dt_w, wt, a2, dskip, bias, tables, nstate, full, 
 def _dt_view(x_dbl, num_dirs, nstate, rank):
     """(B, L, K, R) view of the low-rank dt columns of x_dbl."""
     kn = num_dirs * nstate
-    return x_dbl[..., 2 * kn:].unflatten(-1, (num_dirs, _rank_pad(rank)))[..., :rank]
+    rp = _rank_pad(rank)
+    return x_dbl[..., 2 * kn:2 * kn + num_dirs * rp].unflatten(-1, (num_dirs, rp))[..., :rank]
 
 
 def _full_delta(x_dbl, dt_w, nstate, dtype=None):
@@ -593,8 +617,8 @@ def _dbl_views(x_dbl, num_dirs, nstate):
 def _local_problem(x_cl, x_dbl, wt, a2, dskip, bias, tables, rank, nstate, num_dirs, config):
     batch, num_tokens, num_ch = x_cl.shape
     rp = _rank_pad(rank)
-    if x_dbl.shape[-1] != num_dirs * (2 * nstate + rp):
-        raise ValueError(f'x_dbl must have {num_dirs * (2 * nstate + rp)} columns (see '
+    if x_dbl.shape[-1] != _dbl_width(num_dirs, nstate, rank):
+        raise ValueError(f'x_dbl must have {_dbl_width(num_dirs, nstate, rank)} columns (see '
                          f'projection_weight), got {x_dbl.shape[-1]}.')
     xs = x_cl.stride()
     b_strides, dt_strides = _dbl_strides(x_dbl, nstate, rp)

@@ -47,7 +47,7 @@ import torch
 
 from .common import batch_ranges, cdiv, interpreting, sum_group_partials
 from .config import DEFAULT_VIM_CONFIG, VimConfig
-from .scan import _Problem, _param_tables, _rank_pad
+from .scan import _Problem, _param_tables, _rank_pad, round_row
 
 __all__ = ['vim_scan_triton', 'vim_scan_forward', 'vim_scan_backward', 'vim_projection_weight']
 
@@ -71,14 +71,17 @@ def _dt_offset(nstate: int) -> int:
 
 
 def _row_width(nstate: int, rank: int) -> int:
-    return _dt_offset(nstate) + _rank_pad(rank)
+    """Columns of a direction's x_dbl row, padded to a multiple of ``scan.ROW_ALIGN`` (so the
+    strides of x_dbl keep their divisibility by 16 at every image size)."""
+    return round_row(_dt_offset(nstate) + _rank_pad(rank))
 
 
 def vim_projection_weight(x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
     """(K, CT, Di) weights whose products with the conv output give x_dbl in the kernels'
-    layout: per direction the rows ``[B (N) | C (N) | 0 | dt (RP)]``, dt starting at the
+    layout: per direction the rows ``[B (N) | C (N) | 0 | dt (RP) | 0]``, dt starting at the
     multiple of 8 above ``2N`` and zero-padded to ``RP`` rows (see ``scan._rank_pad``), so that
-    every direction's B, C and dt rows are 16-byte aligned vectors.
+    every direction's B, C and dt rows are 16-byte aligned vectors, the whole zero-padded to
+    ``CT``, a multiple of ``scan.ROW_ALIGN``.
 
     Args:
         x_proj_weight: (K, R + 2N, Di), rows ``[dt | B | C]`` (the official layout).
