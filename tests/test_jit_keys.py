@@ -71,3 +71,22 @@ def test_kernel_keys_do_not_depend_on_what_ran_first():
 def test_settling_a_namespace_without_kernels_does_nothing():
     from mmlocalmamba.ops.triton.jit_keys import settle_cache_keys
     assert settle_cache_keys({'x': 1}) == 1
+
+
+def test_keys_that_do_not_settle_are_reported(monkeypatch):
+    """A Triton whose keys never reach a fixed point: a warning naming the functions, and the
+    import goes on (the kernels work; only a cache entry may be compiled twice)."""
+    import triton.language as tl
+
+    from mmlocalmamba.ops.triton import jit_keys
+
+    @triton.jit
+    def probe_kernel(x_ptr):
+        tl.store(x_ptr, 1.0)
+
+    if not isinstance(probe_kernel, triton.runtime.jit.JITFunction):
+        pytest.skip("Triton's interpreter has no cache keys")
+    states = iter(range(10**6))
+    monkeypatch.setattr(jit_keys, '_state', lambda fns: next(states))
+    with pytest.warns(RuntimeWarning, match="probe_kernel.*did not settle"):
+        assert jit_keys.settle_cache_keys({'probe_kernel': probe_kernel}) == jit_keys._MAX_PASSES
