@@ -142,8 +142,9 @@ INTERPRETER_VARIANTS = textwrap.dedent(_INTERPRETER_SETUP + '''
     print('MAXERR', max(errs))
 ''')
 
-#: the launcher as the model calls it, and the plain scan
-INTERPRETER_LAUNCHER = textwrap.dedent(_INTERPRETER_SETUP + '''
+#: the launcher as the model calls it (also run with padded x_dbl rows by
+#: tests/test_size_variants.py)
+LAUNCHER_LOOP = '''
     # the whole launcher: x_dbl formed in fp32 inside the autograd Function, recomputed in the
     # backward, for the default and the segmented configurations
     for cfg in (ScanConfig(), ScanConfig(**seg), ScanConfig(lowrank_max=0)):
@@ -153,6 +154,10 @@ INTERPRETER_LAUNCHER = textwrap.dedent(_INTERPRETER_SETUP + '''
         err = [((y.double() - ref).norm() / ref.norm()).item()]
         err += [((a.double() - b).norm() / b.norm()).item() for a, b in zip(grads, gref)]
         errs.append(max(err))
+'''
+
+#: the launcher, and the plain scan
+INTERPRETER_LAUNCHER = textwrap.dedent(_INTERPRETER_SETUP + LAUNCHER_LOOP + '''
     # the plain scan keeps no summaries: its backward recomputes them (segments)
     from mmlocalmamba.ops.selective_scan import selective_scan_torch
     L = 40
