@@ -80,7 +80,7 @@ def test_new_sizes_and_batches_launch_no_new_variant(family):
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT')][-1]
     variants = json.loads(line[len('RESULT'):])
-    first, *others = variants.values()
+    first = next(iter(variants.values()))
     assert first
     for size, keys in variants.items():
         new = sorted(set(keys) - set(first))

@@ -92,8 +92,9 @@ def projection_weight(x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
     w_c = x_proj_weight[:, rank + nstate:].reshape(num_dirs * nstate, num_ch)
     w_dt = torch.nn.functional.pad(x_proj_weight[:, :rank], (0, 0, 0, rp - rank))
     weight = torch.cat([w_b, w_c, w_dt.reshape(num_dirs * rp, num_ch)], 0)
-    return torch.nn.functional.pad(
-        weight, (0, 0, 0, _dbl_width(num_dirs, nstate, rank) - weight.shape[0]))
+    extra = _dbl_width(num_dirs, nstate, rank) - weight.shape[0]
+    # the released models' rows need no padding: no copy of the weight on each call for them
+    return torch.nn.functional.pad(weight, (0, 0, 0, extra)) if extra else weight
 
 
 def project(x_cl: torch.Tensor, x_proj_weight: torch.Tensor, nstate: int) -> torch.Tensor:
@@ -617,9 +618,10 @@ def _dbl_views(x_dbl, num_dirs, nstate):
 def _local_problem(x_cl, x_dbl, wt, a2, dskip, bias, tables, rank, nstate, num_dirs, config):
     batch, num_tokens, num_ch = x_cl.shape
     rp = _rank_pad(rank)
-    if x_dbl.shape[-1] != _dbl_width(num_dirs, nstate, rank):
-        raise ValueError(f'x_dbl must have {_dbl_width(num_dirs, nstate, rank)} columns (see '
-                         f'projection_weight), got {x_dbl.shape[-1]}.')
+    width = _dbl_width(num_dirs, nstate, rank)
+    if x_dbl.shape[-1] != width:
+        raise ValueError(f'x_dbl must have {width} columns (see projection_weight), got '
+                         f'{x_dbl.shape[-1]}.')
     xs = x_cl.stride()
     b_strides, dt_strides = _dbl_strides(x_dbl, nstate, rp)
     bv, cv, dtv = _dbl_views(x_dbl, num_dirs, nstate)
